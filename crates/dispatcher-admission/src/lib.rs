@@ -1,0 +1,21 @@
+//! The waiting-room admission engine: the rules of joining, promotion, release and expiry (PRODUCT.md §1.1),
+//! one store trait with an in-process and a Redis implementation, and the promoter loop that drives time.
+
+pub mod error;
+mod fenwick;
+pub mod memory;
+pub mod model;
+pub mod promoter;
+pub mod redis_store;
+pub mod store;
+pub mod telemetry;
+
+pub use error::{AdmissionError, Result};
+pub use memory::{MemoryStore, MemoryStoreOptions};
+pub use model::{
+    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    TicketId, TicketState, UserId,
+};
+pub use promoter::{Promoter, PromoterOptions, PromoterStats};
+pub use redis_store::{RedisConn, RedisStore, RedisStoreOptions};
+pub use store::{AdmissionStore, Clock, Configured, Release, shard_of, system_now_ms};

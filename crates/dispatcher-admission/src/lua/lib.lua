@@ -1,0 +1,133 @@
+-- Shared prelude of every admission script (prepended at build time; see redis_store.rs).
+-- Every script touches only the keys of ONE shard (one hash tag), passed in this order:
+--   KEYS[1] cfg (hash)      KEYS[2] waiting (zset seq->ticket)   KEYS[3] admitted (zset expires_ms->ticket)
+--   KEYS[4] presence (zset last_seen_ms->ticket, waiting only)   KEYS[5] tickets (hash ticket->record)
+--   KEYS[6] users (hash user->ticket)   KEYS[7] final (zset ended_ms->ticket)
+--   KEYS[8] shard active registry (set)  KEYS[9] shard due index (zset event->ms)
+--   KEYS[10] shard entry stream          KEYS[11] shard event catalogue (set)
+-- ARGV[1] now in ms ("" = use the server clock), ARGV[2] event id, ARGV[3] entry stream MAXLEN (~, 0 = none),
+-- ARGV[4..] operation arguments.
+-- A ticket record is "S|seq|joined|admitted|expires|ended|user" with S one of
+--   Q pre-queued, W waiting, A admitted, C completed, E expired, B abandoned, L left, R revoked.
+-- Every script returns a table whose first element is "OK" or an error code ("UNKNOWN_EVENT", ...).
+
+local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local EVENT = ARGV[2]
+local MAXLEN = tonumber(ARGV[3]) or 0
+
+local function clock_now()
+  local n = tonumber(ARGV[1])
+  if n ~= nil and n >= 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = clock_now()
+
+local function parse(rec)
+  local s, seq, j, a, e, d, u = string.match(rec, '^(%a)|(%d+)|(%d*)|(%d*)|(%d*)|(%d*)|(.*)$')
+  return { s = s, seq = tonumber(seq), joined = tonumber(j) or 0, admitted = tonumber(a) or 0,
+           expires = tonumber(e) or 0, ended = tonumber(d) or 0, user = u }
+end
+
+local function pack(r)
+  return r.s .. '|' .. r.seq .. '|' .. r.joined .. '|' .. r.admitted .. '|' .. r.expires .. '|' .. r.ended .. '|' .. r.user
+end
+
+local function load_cfg()
+  local v = redis.call('HMGET', K_CFG, 'cap', 'rate', 'ttl', 'abandon', 'state', 'retention', 'tok', 'tts')
+  if not v[1] then return nil end
+  return { cap = tonumber(v[1]), rate = tonumber(v[2]) or 0, ttl = tonumber(v[3]), abandon = tonumber(v[4]),
+           state = v[5], retention = tonumber(v[6]), tok = tonumber(v[7]) or 0, tts = tonumber(v[8]) or NOW }
+end
+
+-- Token bucket for the optional admission rate (tickets per minute): refills continuously, holds at most
+-- one second's worth (at least one token).
+local function bucket_size(cfg) return math.max(1, cfg.rate / 60) end
+local function refill(cfg)
+  if cfg.rate <= 0 then return end
+  local elapsed = NOW - cfg.tts
+  if elapsed > 0 then
+    cfg.tok = math.min(bucket_size(cfg), cfg.tok + elapsed * cfg.rate / 60000)
+    cfg.tts = NOW
+  end
+end
+
+-- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; each admission is
+-- recorded individually on the shard's entry stream. Returns the number admitted.
+local function promote(cfg, limit)
+  if cfg.state ~= 'open' then return 0 end
+  local free = cfg.cap - redis.call('ZCARD', K_A)
+  if free <= 0 then return 0 end
+  local n = math.min(free, limit)
+  if cfg.rate > 0 then
+    refill(cfg)
+    n = math.min(n, math.floor(cfg.tok + 1e-9))
+  end
+  if n <= 0 then return 0 end
+  local popped = redis.call('ZPOPMIN', K_W, n)
+  local count = #popped / 2
+  if count == 0 then return 0 end
+  local ids = {}
+  for i = 1, count do ids[i] = popped[2 * i - 1] end
+  local recs = redis.call('HMGET', K_T, unpack(ids))
+  local expires = NOW + cfg.ttl
+  local hset, zadd = {}, {}
+  for i = 1, count do
+    local id = ids[i]
+    local r = parse(recs[i])
+    r.s = 'A'; r.admitted = NOW; r.expires = expires
+    hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
+    zadd[#zadd + 1] = expires; zadd[#zadd + 1] = id
+    if MAXLEN > 0 then
+      redis.call('XADD', K_ENTRY, 'MAXLEN', '~', MAXLEN, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW, 'exp', expires)
+    else
+      redis.call('XADD', K_ENTRY, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW, 'exp', expires)
+    end
+  end
+  redis.call('HSET', K_T, unpack(hset))
+  redis.call('ZADD', K_A, unpack(zadd))
+  redis.call('ZREM', K_P, unpack(ids))
+  if cfg.rate > 0 then cfg.tok = cfg.tok - count end
+  return count
+end
+
+-- Move a ticket to a final state and index it for purging after the retention window.
+local function finish(id, r, state)
+  r.s = state; r.ended = NOW
+  redis.call('HSET', K_T, id, pack(r))
+  redis.call('ZADD', K_F, NOW, id)
+end
+
+-- Persist the bucket, keep the active registry and the due index in step with the event's state.
+-- Called at the end of every mutating script, so the registry changes atomically with the queue.
+local function settle(cfg)
+  if cfg.rate > 0 then redis.call('HSET', K_CFG, 'tok', string.format('%.17g', cfg.tok), 'tts', cfg.tts) end
+  local waiting = redis.call('ZCARD', K_W)
+  local admitted = redis.call('ZCARD', K_A)
+  if waiting + admitted > 0 then redis.call('SADD', K_ACTIVE, EVENT) else redis.call('SREM', K_ACTIVE, EVENT) end
+  local due = nil
+  local function sooner(t) if t ~= nil and (due == nil or t < due) then due = t end end
+  if admitted > 0 then sooner(tonumber(redis.call('ZRANGE', K_A, 0, 0, 'WITHSCORES')[2])) end
+  if waiting > 0 then
+    local p = redis.call('ZRANGE', K_P, 0, 0, 'WITHSCORES')
+    if p[2] then sooner(tonumber(p[2]) + cfg.abandon) end
+    if cfg.state == 'open' and admitted < cfg.cap then
+      if cfg.rate > 0 then
+        local need = 1 - cfg.tok
+        if need <= 0 then sooner(NOW) else sooner(NOW + math.ceil(need * 60000 / cfg.rate)) end
+      else
+        sooner(NOW)
+      end
+    end
+  end
+  local f = redis.call('ZRANGE', K_F, 0, 0, 'WITHSCORES')
+  if f[2] then sooner(tonumber(f[2]) + cfg.retention) end
+  if due == nil then redis.call('ZREM', K_DUE, EVENT) else redis.call('ZADD', K_DUE, due, EVENT) end
+end
+
+local function view(id, r)
+  local rank = -1
+  if r.s == 'W' then rank = redis.call('ZRANK', K_W, id) or -1 end
+  return { id, r.s, r.seq, r.joined, r.admitted, r.expires, r.ended, r.user, rank }
+end

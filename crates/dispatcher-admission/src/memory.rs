@@ -1,0 +1,622 @@
+//! The in-process admission store: the same rules as the Redis scripts, on in-memory structures under one
+//! lock, so `dispatcher demo` and embedded users need no Redis. Kept step-for-step equal to `lua/*.lua`;
+//! the conformance suite and a differential property test hold the two together.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::{AdmissionError, Result};
+use crate::fenwick::Fenwick;
+use crate::model::{
+    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    TicketId, TicketState, UserId,
+};
+use crate::store::{AdmissionStore, Clock, Configured, Release, system_now_ms};
+
+/// Tuning of the in-process store (mirrors [`crate::RedisStoreOptions`]).
+#[derive(Debug, Clone)]
+pub struct MemoryStoreOptions {
+    /// Approximate bound of the entry stream kept in memory (0 = unbounded).
+    pub entry_stream_maxlen: u64,
+    /// Most tickets one call admits.
+    pub max_admit_per_call: u64,
+    /// Most expiries/abandons/purges one tick handles per kind.
+    pub tick_batch: u64,
+    /// Where "now" comes from.
+    pub clock: Clock,
+}
+
+impl Default for MemoryStoreOptions {
+    fn default() -> Self {
+        Self {
+            entry_stream_maxlen: 1_000_000,
+            max_admit_per_call: 1_000,
+            tick_batch: 1_000,
+            clock: Clock::Server,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rec {
+    state: TicketState,
+    seq: u64,
+    joined: u64,
+    admitted: u64,
+    expires: u64,
+    ended: u64,
+    user: Option<UserId>,
+}
+
+#[derive(Debug)]
+struct Event {
+    settings: EventSettings,
+    seq: u64,
+    tok: Option<f64>,
+    tts: u64,
+    waiting: BTreeMap<u64, TicketId>,
+    ranks: Fenwick,
+    admitted: BTreeSet<(u64, TicketId)>,
+    presence: BTreeSet<(u64, TicketId)>,
+    last_seen: HashMap<TicketId, u64>,
+    tickets: HashMap<TicketId, Rec>,
+    users: HashMap<UserId, TicketId>,
+    finals: BTreeSet<(u64, TicketId)>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: BTreeMap<EventId, Event>,
+    active: BTreeSet<EventId>,
+    due: BTreeSet<(u64, EventId)>,
+    due_of: HashMap<EventId, u64>,
+    entry: VecDeque<EntryRecord>,
+    last_entry: (u64, u64),
+}
+
+/// The admission store in this process's memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    opts: MemoryStoreOptions,
+    changed: Notify,
+}
+
+struct Ctx<'a> {
+    now: u64,
+    limit: u64,
+    maxlen: u64,
+    event_id: &'a EventId,
+    entry: &'a mut VecDeque<EntryRecord>,
+    last_entry: &'a mut (u64, u64),
+}
+
+impl Event {
+    fn bucket_size(&self) -> f64 {
+        f64::max(1.0, self.rate() as f64 / 60.0)
+    }
+
+    fn rate(&self) -> u64 {
+        self.settings.rate_per_minute.unwrap_or(0)
+    }
+
+    fn refill(&mut self, now: u64) {
+        if self.rate() == 0 {
+            return;
+        }
+        let elapsed = now as f64 - self.tts as f64;
+        if elapsed > 0.0 {
+            let tok = self.tok.unwrap_or(0.0);
+            self.tok = Some(f64::min(
+                self.bucket_size(),
+                tok + elapsed * self.rate() as f64 / 60000.0,
+            ));
+            self.tts = now;
+        }
+    }
+
+    fn view(&self, id: &TicketId, r: &Rec) -> Ticket {
+        Ticket {
+            id: id.clone(),
+            seq: r.seq,
+            state: r.state,
+            user: r.user.clone(),
+            joined_at_ms: r.joined,
+            admitted_at_ms: (r.admitted > 0).then_some(r.admitted),
+            expires_at_ms: (r.expires > 0).then_some(r.expires),
+            ended_at_ms: (r.ended > 0).then_some(r.ended),
+            ahead: (r.state == TicketState::Waiting)
+                .then(|| self.ranks.prefix(r.seq as usize - 1).max(0) as u64),
+        }
+    }
+
+    fn remove_waiting(&mut self, id: &TicketId, seq: u64) {
+        if self.waiting.remove(&seq).is_some() {
+            self.ranks.add(seq as usize, -1);
+        }
+        if let Some(t) = self.last_seen.remove(id) {
+            self.presence.remove(&(t, id.clone()));
+        }
+    }
+
+    fn finish(&mut self, id: &TicketId, state: TicketState, now: u64) {
+        if let Some(r) = self.tickets.get_mut(id) {
+            r.state = state;
+            r.ended = now;
+        }
+        self.finals.insert((now, id.clone()));
+    }
+
+    /// Mirror of `promote` in lib.lua.
+    fn promote(&mut self, cx: &mut Ctx<'_>) -> u64 {
+        if self.settings.state != EventState::Open {
+            return 0;
+        }
+        let free = self.settings.capacity as i64 - self.admitted.len() as i64;
+        if free <= 0 {
+            return 0;
+        }
+        let mut n = free.min(cx.limit as i64);
+        if self.rate() > 0 {
+            self.refill(cx.now);
+            n = n.min((self.tok.unwrap_or(0.0) + 1e-9).floor() as i64);
+        }
+        if n <= 0 {
+            return 0;
+        }
+        let ttl = self.settings.session_ttl_ms;
+        let mut count = 0u64;
+        for _ in 0..n {
+            let Some((seq, id)) = self.waiting.pop_first() else {
+                break;
+            };
+            self.ranks.add(seq as usize, -1);
+            if let Some(t) = self.last_seen.remove(&id) {
+                self.presence.remove(&(t, id.clone()));
+            }
+            let expires = cx.now + ttl;
+            let user = match self.tickets.get_mut(&id) {
+                Some(r) => {
+                    r.state = TicketState::Admitted;
+                    r.admitted = cx.now;
+                    r.expires = expires;
+                    r.user.clone()
+                }
+                None => None,
+            };
+            self.admitted.insert((expires, id.clone()));
+            push_entry(cx, &id, user.as_ref(), seq, expires);
+            count += 1;
+        }
+        if self.rate() > 0 {
+            self.tok = Some(self.tok.unwrap_or(0.0) - count as f64);
+        }
+        count
+    }
+
+    /// Mirror of `settle` in lib.lua: the earliest instant something time-driven happens to the event.
+    fn next_due(&self, now: u64) -> Option<u64> {
+        let mut due: Option<u64> = None;
+        let mut sooner = |t: u64| {
+            if due.is_none_or(|d| t < d) {
+                due = Some(t);
+            }
+        };
+        if let Some((t, _)) = self.admitted.first() {
+            sooner(*t);
+        }
+        if !self.waiting.is_empty() {
+            if let Some((t, _)) = self.presence.first() {
+                sooner(t + self.settings.abandon_timeout_ms);
+            }
+            if self.settings.state == EventState::Open
+                && (self.admitted.len() as u64) < self.settings.capacity
+            {
+                if self.rate() > 0 {
+                    let need = 1.0 - self.tok.unwrap_or(0.0);
+                    if need <= 0.0 {
+                        sooner(now);
+                    } else {
+                        sooner(now + (need * 60000.0 / self.rate() as f64).ceil() as u64);
+                    }
+                } else {
+                    sooner(now);
+                }
+            }
+        }
+        if let Some((t, _)) = self.finals.first() {
+            sooner(t + self.settings.retention_ms);
+        }
+        due
+    }
+
+    fn info(&self, id: &EventId, active: bool) -> EventInfo {
+        EventInfo {
+            id: id.clone(),
+            settings: self.settings.clone(),
+            joined: self.seq,
+            waiting: self.waiting.len() as u64,
+            admitted: self.admitted.len() as u64,
+            finished: self.finals.len() as u64,
+            active,
+        }
+    }
+}
+
+fn push_entry(cx: &mut Ctx<'_>, id: &TicketId, user: Option<&UserId>, seq: u64, expires: u64) {
+    let (ms, n) = *cx.last_entry;
+    let next = if cx.now > ms { (cx.now, 0) } else { (ms, n + 1) };
+    *cx.last_entry = next;
+    cx.entry.push_back(EntryRecord {
+        entry_id: format!("{}-{}", next.0, next.1),
+        event: cx.event_id.to_string(),
+        ticket: id.to_string(),
+        user: user.map(|u| u.to_string()).unwrap_or_default(),
+        seq,
+        admitted_at_ms: cx.now,
+        expires_at_ms: expires,
+    });
+    if cx.maxlen > 0 && cx.entry.len() as u64 > cx.maxlen {
+        cx.entry.pop_front();
+    }
+}
+
+fn parse_entry_id(s: &str) -> (u64, u64) {
+    let mut it = s.splitn(2, '-');
+    let a = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    let b = it.next().and_then(|x| x.parse().ok()).unwrap_or(0);
+    (a, b)
+}
+
+impl MemoryStore {
+    /// A store with the given options.
+    pub fn new(opts: MemoryStoreOptions) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            opts,
+            changed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.opts.clock.manual_now().unwrap_or_else(system_now_ms)
+    }
+
+    /// Runs `f` on an existing event with the operation context, then settles the registry and due index.
+    fn with_event<T>(
+        &self,
+        event: &EventId,
+        f: impl FnOnce(&mut Event, &mut Ctx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let now = self.now();
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        let ev = inner
+            .events
+            .get_mut(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        let mut cx = Ctx {
+            now,
+            limit: self.opts.max_admit_per_call,
+            maxlen: self.opts.entry_stream_maxlen,
+            event_id: event,
+            entry: &mut inner.entry,
+            last_entry: &mut inner.last_entry,
+        };
+        let out = f(ev, &mut cx)?;
+        let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
+        let due = ev.next_due(now);
+        if active {
+            inner.active.insert(event.clone());
+        } else {
+            inner.active.remove(event);
+        }
+        let old_min = inner.due.first().map(|(t, _)| *t);
+        if let Some(old) = inner.due_of.remove(event) {
+            inner.due.remove(&(old, event.clone()));
+        }
+        if let Some(d) = due {
+            inner.due.insert((d, event.clone()));
+            inner.due_of.insert(event.clone(), d);
+            if old_min.is_none_or(|m| d < m) {
+                self.changed.notify_one();
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_ticket(&self, event: &EventId, ticket: &TicketId, touch: bool) -> Result<Ticket> {
+        let now = self.now();
+        let mut inner = self.inner.lock();
+        let ev = inner
+            .events
+            .get_mut(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        let r = ev
+            .tickets
+            .get(ticket)
+            .cloned()
+            .ok_or(AdmissionError::UnknownTicket)?;
+        if touch && r.state == TicketState::Waiting {
+            if let Some(old) = ev.last_seen.insert(ticket.clone(), now) {
+                ev.presence.remove(&(old, ticket.clone()));
+            }
+            ev.presence.insert((now, ticket.clone()));
+        }
+        Ok(ev.view(ticket, &r))
+    }
+}
+
+impl AdmissionStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn shard_count(&self) -> u16 {
+        1
+    }
+
+    async fn now_ms(&self) -> Result<u64> {
+        Ok(self.now())
+    }
+
+    async fn configure(&self, event: &EventId, settings: &EventSettings) -> Result<Configured> {
+        settings.validate()?;
+        let now = self.now();
+        let created = {
+            let mut inner = self.inner.lock();
+            if inner.events.contains_key(event) {
+                false
+            } else {
+                inner.events.insert(
+                    event.clone(),
+                    Event {
+                        settings: settings.clone(),
+                        seq: 0,
+                        tok: None,
+                        tts: now,
+                        waiting: BTreeMap::new(),
+                        ranks: Fenwick::default(),
+                        admitted: BTreeSet::new(),
+                        presence: BTreeSet::new(),
+                        last_seen: HashMap::new(),
+                        tickets: HashMap::new(),
+                        users: HashMap::new(),
+                        finals: BTreeSet::new(),
+                    },
+                );
+                true
+            }
+        };
+        let admitted = self.with_event(event, |ev, cx| {
+            ev.settings = settings.clone();
+            if ev.rate() > 0 {
+                if created || ev.tok.is_none() {
+                    ev.tok = Some(ev.bucket_size());
+                    ev.tts = cx.now;
+                }
+                ev.refill(cx.now);
+                ev.tok = Some(f64::min(ev.tok.unwrap_or(0.0), ev.bucket_size()));
+            }
+            Ok(ev.promote(cx))
+        })?;
+        Ok(Configured { created, admitted })
+    }
+
+    async fn event(&self, event: &EventId) -> Result<EventInfo> {
+        let inner = self.inner.lock();
+        let ev = inner
+            .events
+            .get(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        Ok(ev.info(event, inner.active.contains(event)))
+    }
+
+    async fn join(&self, event: &EventId, user: Option<&UserId>) -> Result<Joined> {
+        let id = TicketId::generate();
+        self.with_event(event, |ev, cx| {
+            if ev.settings.state == EventState::Closed {
+                return Err(AdmissionError::EventClosed(cx.event_id.to_string()));
+            }
+            if let Some(u) = user
+                && let Some(existing) = ev.users.get(u)
+                && let Some(r) = ev.tickets.get(existing)
+                && !r.state.is_final()
+            {
+                return Ok(Joined {
+                    ticket: ev.view(existing, r),
+                    created: false,
+                });
+            }
+            if ev.tickets.contains_key(&id) {
+                return Err(AdmissionError::Conflict("ticket id collision".into()));
+            }
+            ev.seq += 1;
+            let seq = ev.seq;
+            ev.tickets.insert(
+                id.clone(),
+                Rec {
+                    state: TicketState::Waiting,
+                    seq,
+                    joined: cx.now,
+                    admitted: 0,
+                    expires: 0,
+                    ended: 0,
+                    user: user.cloned(),
+                },
+            );
+            ev.waiting.insert(seq, id.clone());
+            ev.ranks.add(seq as usize, 1);
+            ev.presence.insert((cx.now, id.clone()));
+            ev.last_seen.insert(id.clone(), cx.now);
+            if let Some(u) = user {
+                ev.users.insert(u.clone(), id.clone());
+            }
+            ev.promote(cx);
+            let r = ev.tickets.get(&id).cloned().ok_or(AdmissionError::UnknownTicket)?;
+            Ok(Joined {
+                ticket: ev.view(&id, &r),
+                created: true,
+            })
+        })
+    }
+
+    async fn ticket(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
+        self.read_ticket(event, ticket, false)
+    }
+
+    async fn heartbeat(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
+        self.read_ticket(event, ticket, true)
+    }
+
+    async fn release(&self, event: &EventId, ticket: &TicketId, how: Release) -> Result<Released> {
+        let target = match how {
+            Release::Complete => TicketState::Completed,
+            Release::Leave => TicketState::Left,
+            Release::Revoke => TicketState::Revoked,
+        };
+        self.with_event(event, |ev, cx| {
+            let r = ev
+                .tickets
+                .get(ticket)
+                .cloned()
+                .ok_or(AdmissionError::UnknownTicket)?;
+            if r.state == target {
+                return Ok(Released {
+                    ticket: ev.view(ticket, &r),
+                    changed: false,
+                    admitted_next: 0,
+                });
+            }
+            if r.state.is_final()
+                || (how == Release::Complete && r.state != TicketState::Admitted)
+            {
+                return Err(crate::redis_store::conflict(&r.state.code().to_string()));
+            }
+            if r.state == TicketState::Admitted {
+                ev.admitted.remove(&(r.expires, ticket.clone()));
+            } else {
+                ev.remove_waiting(ticket, r.seq);
+            }
+            ev.finish(ticket, target, cx.now);
+            let n = ev.promote(cx);
+            let r = ev.tickets.get(ticket).cloned().ok_or(AdmissionError::UnknownTicket)?;
+            Ok(Released {
+                ticket: ev.view(ticket, &r),
+                changed: true,
+                admitted_next: n,
+            })
+        })
+    }
+
+    async fn promote(&self, event: &EventId) -> Result<u64> {
+        self.with_event(event, |ev, cx| Ok(ev.promote(cx)))
+    }
+
+    async fn tick(&self, event: &EventId) -> Result<Tick> {
+        let batch = self.opts.tick_batch as usize;
+        let res = self.with_event(event, |ev, cx| {
+            let now = cx.now;
+            let mut out = Tick::default();
+            let expired: Vec<(u64, TicketId)> = ev
+                .admitted
+                .iter()
+                .take_while(|(t, _)| *t <= now)
+                .take(batch)
+                .cloned()
+                .collect();
+            for (t, id) in &expired {
+                ev.admitted.remove(&(*t, id.clone()));
+                ev.finish(id, TicketState::Expired, now);
+            }
+            out.expired = expired.len() as u64;
+            let cutoff = now as i64 - ev.settings.abandon_timeout_ms as i64;
+            let stale: Vec<(u64, TicketId)> = ev
+                .presence
+                .iter()
+                .take_while(|(t, _)| (*t as i64) <= cutoff)
+                .take(batch)
+                .cloned()
+                .collect();
+            for (_, id) in &stale {
+                let seq = ev.tickets.get(id).map(|r| r.seq).unwrap_or(0);
+                ev.remove_waiting(id, seq);
+                ev.finish(id, TicketState::Abandoned, now);
+            }
+            out.abandoned = stale.len() as u64;
+            let cutoff = now as i64 - ev.settings.retention_ms as i64;
+            let old: Vec<(u64, TicketId)> = ev
+                .finals
+                .iter()
+                .take_while(|(t, _)| (*t as i64) <= cutoff)
+                .take(batch)
+                .cloned()
+                .collect();
+            for (t, id) in &old {
+                ev.finals.remove(&(*t, id.clone()));
+                if let Some(r) = ev.tickets.remove(id)
+                    && let Some(u) = r.user
+                    && ev.users.get(&u) == Some(id)
+                {
+                    ev.users.remove(&u);
+                }
+            }
+            out.purged = old.len() as u64;
+            out.admitted = ev.promote(cx);
+            Ok(out)
+        });
+        if let Err(AdmissionError::UnknownEvent(_)) = &res {
+            let mut inner = self.inner.lock();
+            inner.active.remove(event);
+            if let Some(old) = inner.due_of.remove(event) {
+                inner.due.remove(&(old, event.clone()));
+            }
+        }
+        res
+    }
+
+    async fn due_events(
+        &self,
+        _shard: u16,
+        now_ms: u64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<EventId>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .due
+            .iter()
+            .take_while(|(t, _)| *t <= now_ms)
+            .skip(offset)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>> {
+        Ok(self.inner.lock().due.first().map(|(t, _)| *t))
+    }
+
+    async fn active_events(&self, _shard: u16) -> Result<Vec<EventId>> {
+        Ok(self.inner.lock().active.iter().cloned().collect())
+    }
+
+    async fn events(&self, _shard: u16) -> Result<Vec<EventId>> {
+        Ok(self.inner.lock().events.keys().cloned().collect())
+    }
+
+    async fn entry_records(&self, _shard: u16, after: &str, count: usize) -> Result<Vec<EntryRecord>> {
+        let after = parse_entry_id(after);
+        let inner = self.inner.lock();
+        let start = inner
+            .entry
+            .partition_point(|e| parse_entry_id(&e.entry_id) <= after);
+        Ok(inner.entry.iter().skip(start).take(count).cloned().collect())
+    }
+
+    async fn changed(&self) {
+        self.changed.notified().await
+    }
+}

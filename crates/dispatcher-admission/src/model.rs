@@ -1,0 +1,442 @@
+//! The admission domain's value types: validated ids, event settings, ticket states and views.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AdmissionError;
+
+/// Longest accepted event id, in bytes.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest accepted user id, in bytes.
+pub const MAX_USER_ID_LEN: usize = 128;
+
+/// An event id: 1..=64 bytes of `[A-Za-z0-9._-]`, so it can never break a Redis key or hash tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EventId(String);
+
+impl EventId {
+    /// Validates and wraps an event id.
+    pub fn new(id: impl Into<String>) -> Result<Self, AdmissionError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(AdmissionError::invalid("event id is empty"));
+        }
+        if id.len() > MAX_EVENT_ID_LEN {
+            return Err(AdmissionError::invalid(format!(
+                "event id is {} bytes; at most {MAX_EVENT_ID_LEN} allowed",
+                id.len()
+            )));
+        }
+        if let Some(c) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(AdmissionError::invalid(format!(
+                "event id contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
+            )));
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EventId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A user id given by the client: 1..=128 bytes of printable, non-whitespace text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Validates and wraps a user id.
+    pub fn new(id: impl Into<String>) -> Result<Self, AdmissionError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(AdmissionError::invalid("user id is empty"));
+        }
+        if id.len() > MAX_USER_ID_LEN {
+            return Err(AdmissionError::invalid(format!(
+                "user id is {} bytes; at most {MAX_USER_ID_LEN} allowed",
+                id.len()
+            )));
+        }
+        if let Some(c) = id.chars().find(|c| c.is_control() || c.is_whitespace()) {
+            return Err(AdmissionError::invalid(format!(
+                "user id contains {c:?}; control characters and whitespace are not allowed"
+            )));
+        }
+        Ok(Self(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A ticket id: 128 random bits as 32 lowercase hex digits. It is the ticket's secret.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TicketId(String);
+
+impl TicketId {
+    /// A fresh ticket id from the operating system's CSPRNG-seeded generator.
+    pub fn generate() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    /// Validates and wraps a ticket id given by a client.
+    pub fn parse(id: &str) -> Result<Self, AdmissionError> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(AdmissionError::invalid(
+                "ticket id must be 32 lowercase hexadecimal digits",
+            ));
+        }
+        Ok(Self(id.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Ticket ids are secrets: Debug shows only a prefix, so they do not leak into logs.
+impl fmt::Debug for TicketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TicketId({}…)", &self.0[..6.min(self.0.len())])
+    }
+}
+
+impl fmt::Display for TicketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether an event takes joins and admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventState {
+    /// Joins accepted, tickets admitted.
+    Open,
+    /// Joins accepted and queued, nobody admitted until resumed.
+    Paused,
+    /// Joins refused; tickets already waiting keep being admitted.
+    Closed,
+}
+
+impl EventState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Open => "open",
+            EventState::Paused => "paused",
+            EventState::Closed => "closed",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(EventState::Open),
+            "paused" => Some(EventState::Paused),
+            "closed" => Some(EventState::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// Limits on settings; anything outside is refused as invalid input.
+pub mod limits {
+    /// Largest capacity (concurrently admitted tickets) of one event.
+    pub const MAX_CAPACITY: u64 = 10_000_000;
+    /// Largest admission rate, tickets per minute.
+    pub const MAX_RATE_PER_MINUTE: u64 = 600_000_000;
+    /// Session TTL bounds, ms (100 ms .. 7 days).
+    pub const MIN_SESSION_TTL_MS: u64 = 100;
+    pub const MAX_SESSION_TTL_MS: u64 = 7 * 24 * 3_600_000;
+    /// Abandon timeout bounds, ms (1 s .. 7 days).
+    pub const MIN_ABANDON_MS: u64 = 1_000;
+    pub const MAX_ABANDON_MS: u64 = 7 * 24 * 3_600_000;
+    /// Retention of final tickets, ms (1 s .. 30 days).
+    pub const MIN_RETENTION_MS: u64 = 1_000;
+    pub const MAX_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
+}
+
+/// An event's run-time settings (PRODUCT.md §1.1 "per-event settings").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// Most tickets admitted at once.
+    pub capacity: u64,
+    /// Optional admission rate, new admissions per minute.
+    #[serde(default)]
+    pub rate_per_minute: Option<u64>,
+    /// How long an admitted ticket's session lasts, ms.
+    #[serde(default = "defaults::session_ttl_ms")]
+    pub session_ttl_ms: u64,
+    /// Waiters without presence for this long are dropped, ms.
+    #[serde(default = "defaults::abandon_timeout_ms")]
+    pub abandon_timeout_ms: u64,
+    /// Open, paused or closed.
+    #[serde(default = "defaults::state")]
+    pub state: EventState,
+    /// How long final tickets stay readable, ms.
+    #[serde(default = "defaults::retention_ms")]
+    pub retention_ms: u64,
+}
+
+/// Defaults of [`EventSettings`] (seed 003's 15-minute session, 1 h retention).
+pub mod defaults {
+    use super::EventState;
+    pub fn session_ttl_ms() -> u64 {
+        15 * 60_000
+    }
+    pub fn abandon_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn state() -> EventState {
+        EventState::Open
+    }
+    pub fn retention_ms() -> u64 {
+        3_600_000
+    }
+}
+
+impl EventSettings {
+    /// Settings with the given capacity and defaults for the rest.
+    pub fn with_capacity(capacity: u64) -> Self {
+        Self {
+            capacity,
+            rate_per_minute: None,
+            session_ttl_ms: defaults::session_ttl_ms(),
+            abandon_timeout_ms: defaults::abandon_timeout_ms(),
+            state: defaults::state(),
+            retention_ms: defaults::retention_ms(),
+        }
+    }
+
+    /// Checks every bound; the error names the first field out of range.
+    pub fn validate(&self) -> Result<(), AdmissionError> {
+        use limits::*;
+        fn range(name: &str, v: u64, lo: u64, hi: u64) -> Result<(), AdmissionError> {
+            if v < lo || v > hi {
+                return Err(AdmissionError::invalid(format!(
+                    "{name} is {v}; it must be between {lo} and {hi}"
+                )));
+            }
+            Ok(())
+        }
+        range("capacity", self.capacity, 1, MAX_CAPACITY)?;
+        if let Some(r) = self.rate_per_minute {
+            range("rate_per_minute", r, 1, MAX_RATE_PER_MINUTE)?;
+        }
+        range(
+            "session_ttl_ms",
+            self.session_ttl_ms,
+            MIN_SESSION_TTL_MS,
+            MAX_SESSION_TTL_MS,
+        )?;
+        range(
+            "abandon_timeout_ms",
+            self.abandon_timeout_ms,
+            MIN_ABANDON_MS,
+            MAX_ABANDON_MS,
+        )?;
+        range(
+            "retention_ms",
+            self.retention_ms,
+            MIN_RETENTION_MS,
+            MAX_RETENTION_MS,
+        )?;
+        Ok(())
+    }
+}
+
+/// The state of a ticket; every ticket is in exactly one (PRODUCT.md §1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    /// Joined before the event's start; not yet in the ordered queue.
+    PreQueued,
+    /// In the queue.
+    Waiting,
+    /// Holding a slot.
+    Admitted,
+    /// Final: the shop or visitor completed the session.
+    Completed,
+    /// Final: the session TTL passed.
+    Expired,
+    /// Final: no presence within the abandon timeout while waiting.
+    Abandoned,
+    /// Final: the visitor left.
+    Left,
+    /// Final: revoked by the shop.
+    Revoked,
+}
+
+impl TicketState {
+    /// The one-letter code used in stored records.
+    pub fn code(self) -> char {
+        match self {
+            TicketState::PreQueued => 'Q',
+            TicketState::Waiting => 'W',
+            TicketState::Admitted => 'A',
+            TicketState::Completed => 'C',
+            TicketState::Expired => 'E',
+            TicketState::Abandoned => 'B',
+            TicketState::Left => 'L',
+            TicketState::Revoked => 'R',
+        }
+    }
+
+    /// Parses a one-letter code.
+    pub fn from_code(c: &str) -> Option<Self> {
+        Some(match c {
+            "Q" => TicketState::PreQueued,
+            "W" => TicketState::Waiting,
+            "A" => TicketState::Admitted,
+            "C" => TicketState::Completed,
+            "E" => TicketState::Expired,
+            "B" => TicketState::Abandoned,
+            "L" => TicketState::Left,
+            "R" => TicketState::Revoked,
+            _ => return None,
+        })
+    }
+
+    /// Whether the ticket has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            TicketState::PreQueued | TicketState::Waiting | TicketState::Admitted
+        )
+    }
+
+    /// All states, for exhaustive accounting in tests.
+    pub const ALL: [TicketState; 8] = [
+        TicketState::PreQueued,
+        TicketState::Waiting,
+        TicketState::Admitted,
+        TicketState::Completed,
+        TicketState::Expired,
+        TicketState::Abandoned,
+        TicketState::Left,
+        TicketState::Revoked,
+    ];
+}
+
+/// What a ticket looks like to its holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ticket {
+    /// The secret id.
+    pub id: TicketId,
+    /// The event's sequence number taken at join (1-based, strictly increasing per event).
+    pub seq: u64,
+    /// Current state.
+    pub state: TicketState,
+    /// The user id given at join, if any.
+    pub user: Option<UserId>,
+    /// Join time, ms since the Unix epoch.
+    pub joined_at_ms: u64,
+    /// Admission time, when admitted or after.
+    pub admitted_at_ms: Option<u64>,
+    /// Session end, when admitted or after.
+    pub expires_at_ms: Option<u64>,
+    /// When the ticket reached its final state.
+    pub ended_at_ms: Option<u64>,
+    /// People truly ahead of a waiting ticket (0 = next); `None` unless waiting.
+    pub ahead: Option<u64>,
+}
+
+/// The result of a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The ticket (new, or the user's existing live one).
+    pub ticket: Ticket,
+    /// False when an existing live ticket of the same user was returned.
+    pub created: bool,
+}
+
+/// The result of complete, leave or revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The ticket after the call.
+    pub ticket: Ticket,
+    /// False when the ticket was already in the requested final state.
+    pub changed: bool,
+    /// Tickets admitted in the same atomic step into the freed slot.
+    pub admitted_next: u64,
+}
+
+/// The result of one time-driven pass over an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Admitted tickets whose session TTL passed.
+    pub expired: u64,
+    /// Waiters dropped for missing presence.
+    pub abandoned: u64,
+    /// Tickets admitted.
+    pub admitted: u64,
+    /// Final tickets removed after retention.
+    pub purged: u64,
+}
+
+/// An event's settings and counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventInfo {
+    /// The event.
+    pub id: EventId,
+    /// Its settings.
+    pub settings: EventSettings,
+    /// Tickets issued so far (the last sequence number).
+    pub joined: u64,
+    /// Tickets waiting now.
+    pub waiting: u64,
+    /// Tickets admitted now.
+    pub admitted: u64,
+    /// Final tickets still retained.
+    pub finished: u64,
+    /// Whether the event is in its shard's active registry.
+    pub active: bool,
+}
+
+/// One admission as recorded on a shard's entry stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryRecord {
+    /// Stream entry id.
+    pub entry_id: String,
+    /// The event.
+    pub event: String,
+    /// The ticket admitted.
+    pub ticket: String,
+    /// The ticket's user ("" when anonymous).
+    pub user: String,
+    /// The ticket's sequence number.
+    pub seq: u64,
+    /// Admission time, ms.
+    pub admitted_at_ms: u64,
+    /// Session end, ms.
+    pub expires_at_ms: u64,
+}

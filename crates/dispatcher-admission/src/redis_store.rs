@@ -1,0 +1,603 @@
+//! The Redis admission store: key layout, script invocation and reply decoding. Each operation is one
+//! Lua script (in `lua/`) touching the keys of one shard only, so it runs unchanged on Redis Cluster.
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+
+use crate::error::{AdmissionError, Result};
+use crate::model::{
+    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    TicketId, TicketState, UserId,
+};
+use crate::store::{AdmissionStore, Clock, Configured, Release, shard_of};
+
+const LIB: &str = include_str!("lua/lib.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{LIB}\n{body}"))
+}
+
+/// Tuning of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisStoreOptions {
+    /// Key prefix, so several deployments can share one Redis.
+    pub prefix: String,
+    /// Number of shards (fixed for the life of a deployment).
+    pub shards: u16,
+    /// Approximate MAXLEN of each shard's entry stream (0 = untrimmed).
+    pub entry_stream_maxlen: u64,
+    /// Most tickets one script call admits (bounds the time a script holds Redis).
+    pub max_admit_per_call: u64,
+    /// Most expiries/abandons/purges one tick handles per kind.
+    pub tick_batch: u64,
+    /// Where "now" comes from.
+    pub clock: Clock,
+}
+
+impl Default for RedisStoreOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "dsp".into(),
+            shards: 16,
+            entry_stream_maxlen: 1_000_000,
+            max_admit_per_call: 1_000,
+            tick_batch: 1_000,
+            clock: Clock::Server,
+        }
+    }
+}
+
+/// A connection to one Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// A single server (reconnecting, multiplexed).
+    Single(ConnectionManager),
+    /// A cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisConn::Single(_) => f.write_str("RedisConn::Single"),
+            RedisConn::Cluster(_) => f.write_str("RedisConn::Cluster"),
+        }
+    }
+}
+
+impl RedisConn {
+    /// Connects to one server by URL (`redis://`, `rediss://`).
+    pub async fn single(url: &str) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| AdmissionError::invalid(format!("bad Redis URL: {e}")))?;
+        Ok(RedisConn::Single(client.get_connection_manager().await?))
+    }
+
+    /// Connects to a cluster through any of its nodes.
+    pub async fn cluster(nodes: &[String]) -> Result<Self> {
+        let client = redis::cluster::ClusterClient::new(nodes.to_vec())
+            .map_err(|e| AdmissionError::invalid(format!("bad cluster node URL: {e}")))?;
+        Ok(RedisConn::Cluster(client.get_async_connection().await?))
+    }
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct Scripts {
+    configure: Script,
+    join: Script,
+    ticket: Script,
+    release: Script,
+    tick: Script,
+    event: Script,
+}
+
+/// The admission store on Redis ≥ 7.0 or Redis Cluster.
+pub struct RedisStore {
+    conn: RedisConn,
+    opts: RedisStoreOptions,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("conn", &self.conn)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+/// Key names of one shard and event.
+struct EventKeys([String; 11]);
+
+impl RedisStore {
+    /// A store over an open connection.
+    pub fn new(conn: RedisConn, opts: RedisStoreOptions) -> Result<Self> {
+        if opts.shards == 0 || opts.shards > 4096 {
+            return Err(AdmissionError::invalid("shards must be between 1 and 4096"));
+        }
+        if opts.prefix.is_empty()
+            || opts.prefix.len() > 32
+            || !opts
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(AdmissionError::invalid(
+                "key prefix must be 1..=32 of [A-Za-z0-9._-]",
+            ));
+        }
+        if opts.max_admit_per_call == 0 || opts.tick_batch == 0 {
+            return Err(AdmissionError::invalid(
+                "max_admit_per_call and tick_batch must be positive",
+            ));
+        }
+        Ok(Self {
+            conn,
+            opts,
+            scripts: Scripts {
+                configure: script(include_str!("lua/configure.lua")),
+                join: script(include_str!("lua/join.lua")),
+                ticket: script(include_str!("lua/ticket.lua")),
+                release: script(include_str!("lua/release.lua")),
+                tick: script(include_str!("lua/tick.lua")),
+                event: script(include_str!("lua/event.lua")),
+            },
+        })
+    }
+
+    /// Connects to `url` (a single server) with the given options.
+    pub async fn connect(url: &str, opts: RedisStoreOptions) -> Result<Self> {
+        Self::new(RedisConn::single(url).await?, opts)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RedisStoreOptions {
+        &self.opts
+    }
+
+    /// A clone of the connection, for callers that read the streams directly.
+    pub fn connection(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    fn shard_tag(&self, shard: u16) -> String {
+        format!("{}:{{s{shard}}}", self.opts.prefix)
+    }
+
+    /// Key of a shard's entry stream.
+    pub fn entry_stream_key(&self, shard: u16) -> String {
+        format!("{}:entry", self.shard_tag(shard))
+    }
+
+    fn keys(&self, event: &EventId) -> EventKeys {
+        let tag = self.shard_tag(shard_of(event, self.opts.shards));
+        let e = format!("{tag}:e:{}", event.as_str());
+        EventKeys([
+            format!("{e}:cfg"),
+            format!("{e}:w"),
+            format!("{e}:a"),
+            format!("{e}:p"),
+            format!("{e}:t"),
+            format!("{e}:u"),
+            format!("{e}:f"),
+            format!("{tag}:active"),
+            format!("{tag}:due"),
+            format!("{tag}:entry"),
+            format!("{tag}:events"),
+        ])
+    }
+
+    async fn run(&self, s: &Script, event: &EventId, args: &[String]) -> Result<Vec<Value>> {
+        let keys = self.keys(event);
+        let mut inv = s.prepare_invoke();
+        for k in &keys.0 {
+            inv.key(k);
+        }
+        let now = self
+            .opts
+            .clock
+            .manual_now()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        inv.arg(now)
+            .arg(event.as_str())
+            .arg(self.opts.entry_stream_maxlen)
+            .arg(self.opts.max_admit_per_call);
+        for a in args {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        let v: Value = inv.invoke_async(&mut conn).await?;
+        let items = match v {
+            Value::Array(items) => items,
+            other => return Err(AdmissionError::Protocol(format!("unexpected reply {other:?}"))),
+        };
+        let code = items
+            .first()
+            .map(as_string)
+            .transpose()?
+            .unwrap_or_default();
+        match code.as_str() {
+            "OK" => Ok(items),
+            "UNKNOWN_EVENT" => Err(AdmissionError::UnknownEvent(event.to_string())),
+            "UNKNOWN_TICKET" => Err(AdmissionError::UnknownTicket),
+            "CLOSED" => Err(AdmissionError::EventClosed(event.to_string())),
+            "CONFLICT" => {
+                let what = items.get(1).map(as_string).transpose()?.unwrap_or_default();
+                Err(conflict(&what))
+            }
+            other => Err(AdmissionError::Protocol(format!("unknown reply code {other:?}"))),
+        }
+    }
+}
+
+pub(crate) fn conflict(state_code: &str) -> AdmissionError {
+    match TicketState::from_code(state_code) {
+        Some(s) => AdmissionError::Conflict(format!("ticket is {s:?}")),
+        None => AdmissionError::Conflict(state_code.to_owned()),
+    }
+}
+
+fn as_string(v: &Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone())
+            .map_err(|_| AdmissionError::Protocol("non-UTF-8 string".into())),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Okay => Ok("OK".into()),
+        other => Err(AdmissionError::Protocol(format!("expected string, got {other:?}"))),
+    }
+}
+
+fn as_u64(v: &Value) -> Result<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i)
+            .map_err(|_| AdmissionError::Protocol(format!("negative integer {i}"))),
+        other => as_string(other)?
+            .parse::<f64>()
+            .map(|f| f as u64)
+            .map_err(|_| AdmissionError::Protocol(format!("expected integer, got {other:?}"))),
+    }
+}
+
+fn as_i64(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => as_string(other)?
+            .parse::<i64>()
+            .map_err(|_| AdmissionError::Protocol(format!("expected integer, got {other:?}"))),
+    }
+}
+
+fn at(items: &[Value], i: usize) -> Result<&Value> {
+    items
+        .get(i)
+        .ok_or_else(|| AdmissionError::Protocol(format!("reply too short (want index {i})")))
+}
+
+fn opt_ms(v: u64) -> Option<u64> {
+    (v > 0).then_some(v)
+}
+
+/// Decodes `view()` from lib.lua: id, state, seq, joined, admitted, expires, ended, user, rank.
+fn ticket_from(items: &[Value], from: usize) -> Result<Ticket> {
+    let id = as_string(at(items, from)?)?;
+    let state_code = as_string(at(items, from + 1)?)?;
+    let state = TicketState::from_code(&state_code)
+        .ok_or_else(|| AdmissionError::Protocol(format!("unknown state {state_code:?}")))?;
+    let user = as_string(at(items, from + 7)?)?;
+    let rank = as_i64(at(items, from + 8)?)?;
+    Ok(Ticket {
+        id: TicketId::parse(&id).map_err(|_| AdmissionError::Protocol("bad ticket id".into()))?,
+        seq: as_u64(at(items, from + 2)?)?,
+        state,
+        user: if user.is_empty() {
+            None
+        } else {
+            Some(UserId::new(user).map_err(|_| AdmissionError::Protocol("bad user id".into()))?)
+        },
+        joined_at_ms: as_u64(at(items, from + 3)?)?,
+        admitted_at_ms: opt_ms(as_u64(at(items, from + 4)?)?),
+        expires_at_ms: opt_ms(as_u64(at(items, from + 5)?)?),
+        ended_at_ms: opt_ms(as_u64(at(items, from + 6)?)?),
+        ahead: (state == TicketState::Waiting && rank >= 0).then_some(rank as u64),
+    })
+}
+
+impl AdmissionStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn shard_count(&self) -> u16 {
+        self.opts.shards
+    }
+
+    async fn now_ms(&self) -> Result<u64> {
+        if let Some(n) = self.opts.clock.manual_now() {
+            return Ok(n);
+        }
+        let mut conn = self.conn.clone();
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
+    async fn configure(&self, event: &EventId, settings: &EventSettings) -> Result<Configured> {
+        settings.validate()?;
+        let items = self
+            .run(
+                &self.scripts.configure,
+                event,
+                &[
+                    settings.capacity.to_string(),
+                    settings.rate_per_minute.unwrap_or(0).to_string(),
+                    settings.session_ttl_ms.to_string(),
+                    settings.abandon_timeout_ms.to_string(),
+                    settings.state.as_str().to_string(),
+                    settings.retention_ms.to_string(),
+                ],
+            )
+            .await?;
+        Ok(Configured {
+            created: as_u64(at(&items, 1)?)? == 1,
+            admitted: as_u64(at(&items, 2)?)?,
+        })
+    }
+
+    async fn event(&self, event: &EventId) -> Result<EventInfo> {
+        let items = self.run(&self.scripts.event, event, &[]).await?;
+        let state = as_string(at(&items, 5)?)?;
+        let rate = as_u64(at(&items, 2)?)?;
+        Ok(EventInfo {
+            id: event.clone(),
+            settings: EventSettings {
+                capacity: as_u64(at(&items, 1)?)?,
+                rate_per_minute: (rate > 0).then_some(rate),
+                session_ttl_ms: as_u64(at(&items, 3)?)?,
+                abandon_timeout_ms: as_u64(at(&items, 4)?)?,
+                state: EventState::parse(&state)
+                    .ok_or_else(|| AdmissionError::Protocol(format!("bad state {state:?}")))?,
+                retention_ms: as_u64(at(&items, 6)?)?,
+            },
+            joined: as_u64(at(&items, 7)?)?,
+            waiting: as_u64(at(&items, 8)?)?,
+            admitted: as_u64(at(&items, 9)?)?,
+            finished: as_u64(at(&items, 10)?)?,
+            active: as_u64(at(&items, 11)?)? == 1,
+        })
+    }
+
+    async fn join(&self, event: &EventId, user: Option<&UserId>) -> Result<Joined> {
+        let id = TicketId::generate();
+        let items = self
+            .run(
+                &self.scripts.join,
+                event,
+                &[
+                    id.as_str().to_owned(),
+                    user.map(|u| u.as_str().to_owned()).unwrap_or_default(),
+                ],
+            )
+            .await?;
+        Ok(Joined {
+            created: as_u64(at(&items, 1)?)? == 1,
+            ticket: ticket_from(&items, 2)?,
+        })
+    }
+
+    async fn ticket(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
+        let items = self
+            .run(
+                &self.scripts.ticket,
+                event,
+                &[ticket.as_str().to_owned(), "0".into()],
+            )
+            .await?;
+        ticket_from(&items, 1)
+    }
+
+    async fn heartbeat(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
+        let items = self
+            .run(
+                &self.scripts.ticket,
+                event,
+                &[ticket.as_str().to_owned(), "1".into()],
+            )
+            .await?;
+        ticket_from(&items, 1)
+    }
+
+    async fn release(&self, event: &EventId, ticket: &TicketId, how: Release) -> Result<Released> {
+        let items = self
+            .run(
+                &self.scripts.release,
+                event,
+                &[ticket.as_str().to_owned(), how.code().to_owned()],
+            )
+            .await?;
+        Ok(Released {
+            changed: as_u64(at(&items, 1)?)? == 1,
+            admitted_next: as_u64(at(&items, 2)?)?,
+            ticket: ticket_from(&items, 3)?,
+        })
+    }
+
+    async fn promote(&self, event: &EventId) -> Result<u64> {
+        let items = self
+            .run(
+                &self.scripts.tick,
+                event,
+                &[self.opts.tick_batch.to_string(), "1".into()],
+            )
+            .await?;
+        as_u64(at(&items, 3)?)
+    }
+
+    async fn tick(&self, event: &EventId) -> Result<Tick> {
+        let items = self
+            .run(
+                &self.scripts.tick,
+                event,
+                &[self.opts.tick_batch.to_string(), "0".into()],
+            )
+            .await?;
+        Ok(Tick {
+            expired: as_u64(at(&items, 1)?)?,
+            abandoned: as_u64(at(&items, 2)?)?,
+            admitted: as_u64(at(&items, 3)?)?,
+            purged: as_u64(at(&items, 4)?)?,
+        })
+    }
+
+    async fn due_events(
+        &self,
+        shard: u16,
+        now_ms: u64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<EventId>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{}:due", self.shard_tag(shard)))
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect())
+    }
+
+    async fn next_due(&self) -> Result<Option<u64>> {
+        let mut conn = self.conn.clone();
+        let mut best: Option<u64> = None;
+        // One command per shard: on a cluster the shards live on different nodes.
+        for shard in 0..self.opts.shards {
+            let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                .arg(format!("{}:due", self.shard_tag(shard)))
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            if let Some((_, score)) = v.first() {
+                let s = *score as u64;
+                best = Some(best.map_or(s, |b| b.min(s)));
+            }
+        }
+        Ok(best)
+    }
+
+    async fn active_events(&self, shard: u16) -> Result<Vec<EventId>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:active", self.shard_tag(shard)))
+            .query_async(&mut conn)
+            .await?;
+        let mut out: Vec<EventId> = ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn events(&self, shard: u16) -> Result<Vec<EventId>> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:events", self.shard_tag(shard)))
+            .query_async(&mut conn)
+            .await?;
+        let mut out: Vec<EventId> = ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn entry_records(&self, shard: u16, after: &str, count: usize) -> Result<Vec<EntryRecord>> {
+        let mut conn = self.conn.clone();
+        let start = if after == "0" || after.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("({after}")
+        };
+        let v: Value = redis::cmd("XRANGE")
+            .arg(self.entry_stream_key(shard))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        let Value::Array(entries) = v else {
+            return Err(AdmissionError::Protocol("XRANGE reply is not an array".into()));
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let Value::Array(parts) = e else {
+                return Err(AdmissionError::Protocol("bad stream entry".into()));
+            };
+            let id = as_string(at(&parts, 0)?)?;
+            let Value::Array(fields) = at(&parts, 1)? else {
+                return Err(AdmissionError::Protocol("bad stream fields".into()));
+            };
+            let mut rec = EntryRecord {
+                entry_id: id,
+                event: String::new(),
+                ticket: String::new(),
+                user: String::new(),
+                seq: 0,
+                admitted_at_ms: 0,
+                expires_at_ms: 0,
+            };
+            for pair in fields.chunks(2) {
+                if pair.len() != 2 {
+                    break;
+                }
+                let k = as_string(&pair[0])?;
+                match k.as_str() {
+                    "e" => rec.event = as_string(&pair[1])?,
+                    "t" => rec.ticket = as_string(&pair[1])?,
+                    "u" => rec.user = as_string(&pair[1])?,
+                    "s" => rec.seq = as_u64(&pair[1])?,
+                    "at" => rec.admitted_at_ms = as_u64(&pair[1])?,
+                    "exp" => rec.expires_at_ms = as_u64(&pair[1])?,
+                    _ => {}
+                }
+            }
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+}
