@@ -89,6 +89,8 @@ struct Ctx<'a> {
     limit: u64,
     maxlen: u64,
     event_id: &'a EventId,
+    /// Set by paths that changed nothing, so the indexes are left exactly as they were (as the scripts do).
+    unchanged: bool,
     entry: &'a mut VecDeque<EntryRecord>,
     last_entry: &'a mut (u64, u64),
 }
@@ -151,7 +153,7 @@ impl Event {
 
     /// Mirror of `promote` in lib.lua.
     fn promote(&mut self, cx: &mut Ctx<'_>) -> u64 {
-        if self.settings.state != EventState::Open {
+        if self.settings.state == EventState::Paused {
             return 0;
         }
         let free = self.settings.capacity as i64 - self.admitted.len() as i64;
@@ -211,7 +213,7 @@ impl Event {
             if let Some((t, _)) = self.presence.first() {
                 sooner(t + self.settings.abandon_timeout_ms);
             }
-            if self.settings.state == EventState::Open
+            if self.settings.state != EventState::Paused
                 && (self.admitted.len() as u64) < self.settings.capacity
             {
                 if self.rate() > 0 {
@@ -219,7 +221,7 @@ impl Event {
                     if need <= 0.0 {
                         sooner(now);
                     } else {
-                        sooner(now + (need * 60000.0 / self.rate() as f64).ceil() as u64);
+                        sooner(self.tts + (need * 60000.0 / self.rate() as f64).ceil() as u64);
                     }
                 } else {
                     sooner(now);
@@ -302,10 +304,14 @@ impl MemoryStore {
             limit: self.opts.max_admit_per_call,
             maxlen: self.opts.entry_stream_maxlen,
             event_id: event,
+            unchanged: false,
             entry: &mut inner.entry,
             last_entry: &mut inner.last_entry,
         };
         let out = f(ev, &mut cx)?;
+        if cx.unchanged {
+            return Ok(out);
+        }
         let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
         let due = ev.next_due(now);
         if active {
@@ -425,6 +431,7 @@ impl AdmissionStore for MemoryStore {
                 && let Some(r) = ev.tickets.get(existing)
                 && !r.state.is_final()
             {
+                cx.unchanged = true;
                 return Ok(Joined {
                     ticket: ev.view(existing, r),
                     created: false,
@@ -484,6 +491,7 @@ impl AdmissionStore for MemoryStore {
                 .cloned()
                 .ok_or(AdmissionError::UnknownTicket)?;
             if r.state == target {
+                cx.unchanged = true;
                 return Ok(Released {
                     ticket: ev.view(ticket, &r),
                     changed: false,

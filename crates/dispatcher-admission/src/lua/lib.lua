@@ -56,7 +56,7 @@ end
 -- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; each admission is
 -- recorded individually on the shard's entry stream. Returns the number admitted.
 local function promote(cfg, limit)
-  if cfg.state ~= 'open' then return 0 end
+  if cfg.state == 'paused' then return 0 end
   local free = cfg.cap - redis.call('ZCARD', K_A)
   if free <= 0 then return 0 end
   local n = math.min(free, limit)
@@ -112,10 +112,10 @@ local function settle(cfg)
   if waiting > 0 then
     local p = redis.call('ZRANGE', K_P, 0, 0, 'WITHSCORES')
     if p[2] then sooner(tonumber(p[2]) + cfg.abandon) end
-    if cfg.state == 'open' and admitted < cfg.cap then
+    if cfg.state ~= 'paused' and admitted < cfg.cap then
       if cfg.rate > 0 then
         local need = 1 - cfg.tok
-        if need <= 0 then sooner(NOW) else sooner(NOW + math.ceil(need * 60000 / cfg.rate)) end
+        if need <= 0 then sooner(NOW) else sooner(cfg.tts + math.ceil(need * 60000 / cfg.rate)) end
       else
         sooner(NOW)
       end
