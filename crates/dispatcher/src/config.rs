@@ -1,0 +1,225 @@
+//! Configuration: a TOML file, overridden by `DISPATCHER_*` environment variables, with defaults that work.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use dispatcher_admission::{EventId, EventSettings};
+use serde::Deserialize;
+
+/// The whole configuration of a `dispatcher` process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis URL; absent = the in-process store. Env: `DISPATCHER_REDIS_URL` (alias `REDIS_URL`).
+    pub redis_url: Option<String>,
+    /// Redis Cluster seed nodes; when set, used instead of `redis_url`. Env: `DISPATCHER_REDIS_CLUSTER`
+    /// (comma-separated).
+    pub redis_cluster: Vec<String>,
+    /// Key prefix so several deployments share one Redis. Env: `DISPATCHER_KEY_PREFIX`.
+    pub key_prefix: String,
+    /// Shards events are spread over; fixed for the life of a deployment. Env: `DISPATCHER_SHARDS`.
+    pub shards: u16,
+    /// HTTP listen address (the HTTP API arrives with the next engine). Env: `DISPATCHER_HTTP_ADDR`.
+    pub http_addr: String,
+    /// `text` or `json`. Env: `DISPATCHER_LOG_FORMAT`.
+    pub log_format: String,
+    /// Approximate MAXLEN of each shard's entry stream. Env: `DISPATCHER_ENTRY_STREAM_MAXLEN`.
+    pub entry_stream_maxlen: u64,
+    /// Promoter tuning.
+    pub promoter: PromoterConfig,
+    /// Events configured (created or updated) at start.
+    pub events: Vec<EventConfig>,
+}
+
+/// Promoter tuning.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromoterConfig {
+    /// Whether this process runs a promoter. Env: `DISPATCHER_PROMOTER_ENABLED`.
+    pub enabled: bool,
+    /// Safety-net sweep period, ms.
+    pub sweep_interval_ms: u64,
+    /// Longest sleep between timer rounds, ms.
+    pub max_sleep_ms: u64,
+    /// Event passes in flight.
+    pub concurrency: usize,
+}
+
+/// An event to configure at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// The event id.
+    pub id: EventId,
+    /// Its settings.
+    #[serde(flatten)]
+    pub settings: EventSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_cluster: Vec::new(),
+            key_prefix: "dsp".into(),
+            shards: 16,
+            http_addr: "127.0.0.1:8080".into(),
+            log_format: "text".into(),
+            entry_stream_maxlen: 1_000_000,
+            promoter: PromoterConfig::default(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl Default for PromoterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sweep_interval_ms: 1_000,
+            max_sleep_ms: 50,
+            concurrency: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if given) and applies environment overrides from `env`.
+    pub fn load(path: Option<&Path>, env: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                toml::from_str::<Config>(&text)
+                    .with_context(|| format!("parsing config file {}", p.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
+        let get = |k: &str| env.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        if let Some(v) = get("DISPATCHER_REDIS_URL").or_else(|| get("REDIS_URL")) {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_REDIS_CLUSTER") {
+            self.redis_cluster = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = get("DISPATCHER_KEY_PREFIX") {
+            self.key_prefix = v;
+        }
+        if let Some(v) = get("DISPATCHER_SHARDS") {
+            self.shards = v.parse().with_context(|| format!("DISPATCHER_SHARDS={v:?} is not a number"))?;
+        }
+        if let Some(v) = get("DISPATCHER_HTTP_ADDR") {
+            self.http_addr = v;
+        }
+        if let Some(v) = get("DISPATCHER_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        if let Some(v) = get("DISPATCHER_ENTRY_STREAM_MAXLEN") {
+            self.entry_stream_maxlen = v
+                .parse()
+                .with_context(|| format!("DISPATCHER_ENTRY_STREAM_MAXLEN={v:?} is not a number"))?;
+        }
+        if let Some(v) = get("DISPATCHER_PROMOTER_ENABLED") {
+            self.promoter.enabled = match v.as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                other => bail!("DISPATCHER_PROMOTER_ENABLED={other:?} is not a boolean"),
+            };
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be \"text\" or \"json\", not {:?}", self.log_format);
+        }
+        if self.shards == 0 || self.shards > 4096 {
+            bail!("shards must be between 1 and 4096");
+        }
+        if self.promoter.concurrency == 0 {
+            bail!("promoter.concurrency must be positive");
+        }
+        for e in &self.events {
+            e.settings
+                .validate()
+                .with_context(|| format!("event {}", e.id))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_work_without_file_or_env() {
+        let c = Config::load(None, &env(&[])).expect("defaults");
+        assert_eq!(c, Config::default());
+        assert!(c.redis_url.is_none(), "no Redis configured means the in-process store");
+    }
+
+    #[test]
+    fn env_overrides_file_and_redis_url_alias_works() {
+        let dir = std::env::temp_dir().join(format!("dispatcher-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            r#"
+redis_url = "redis://file:6379"
+shards = 8
+[promoter]
+max_sleep_ms = 20
+[[events]]
+id = "concert"
+capacity = 1000
+session_ttl_ms = 900000
+"#,
+        )
+        .expect("write");
+        let c = Config::load(Some(&p), &env(&[("REDIS_URL", "redis://alias:6379")])).expect("load");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://alias:6379"));
+        assert_eq!(c.shards, 8);
+        assert_eq!(c.promoter.max_sleep_ms, 20);
+        assert_eq!(c.events[0].settings.capacity, 1000);
+        let c = Config::load(
+            Some(&p),
+            &env(&[("REDIS_URL", "redis://alias"), ("DISPATCHER_REDIS_URL", "redis://main")]),
+        )
+        .expect("load");
+        assert_eq!(c.redis_url.as_deref(), Some("redis://main"), "DISPATCHER_REDIS_URL wins");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("dispatcher-cfg-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (text, needle) in [
+            ("shardz = 3", "unknown field"),
+            ("[[events]]\nid = \"a:b\"\ncapacity = 1", "event id"),
+            ("[[events]]\nid = \"ok\"\ncapacity = 0", "capacity"),
+            ("log_format = \"xml\"", "log_format"),
+        ] {
+            let p = dir.join("bad.toml");
+            std::fs::write(&p, text).expect("write");
+            let e = Config::load(Some(&p), &env(&[])).expect_err(text);
+            assert!(format!("{e:#}").contains(needle), "{text}: {e:#}");
+        }
+        let e = Config::load(None, &env(&[("DISPATCHER_SHARDS", "many")])).expect_err("bad env");
+        assert!(format!("{e:#}").contains("DISPATCHER_SHARDS"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

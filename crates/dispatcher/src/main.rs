@@ -1,0 +1,266 @@
+//! The `dispatcher` binary: command line, configuration and wiring of the engines. The only crate that
+//! uses `anyhow`; libraries return typed errors and this edge adds context.
+
+mod config;
+mod demo;
+mod serve;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use dispatcher_admission::{
+    MemoryStore, MemoryStoreOptions, RedisConn, RedisStore, RedisStoreOptions,
+};
+use dispatcher_bench::admission::{AdmissionBenchOptions, AdmissionBenchReport};
+use dispatcher_bench::pool::PoolBenchOptions;
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "dispatcher", version, about = "Moves work from where it is produced to where it is consumed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a crowd joining a few events and show admissions as they happen.
+    Demo(demo::DemoArgs),
+    /// Run the service (the promoter now; the HTTP API arrives with the next engine).
+    Serve {
+        /// TOML configuration file; environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Benchmarks (PRODUCT.md §3.1).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Joins, promotions and expiry → admission latency of the admission engine.
+    Admission(AdmissionArgs),
+    /// No-op jobs per second and memory under overload of the worker pool.
+    Pool(PoolArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdmissionArgs {
+    /// Redis URL; without it the in-process store is measured.
+    #[arg(long)]
+    redis: Option<String>,
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    #[arg(long, default_value_t = 100)]
+    events: u32,
+    #[arg(long, default_value_t = 1_000)]
+    capacity: u64,
+    /// Store operations in flight at once.
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Session TTL of the expiry phase, ms.
+    #[arg(long, default_value_t = 500)]
+    expiry_ttl_ms: u64,
+    /// A short run for CI (overrides sizes).
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PoolArgs {
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    queue_capacity: Option<usize>,
+    #[arg(long)]
+    producers: Option<usize>,
+    #[arg(long)]
+    throughput_secs: Option<f64>,
+    #[arg(long)]
+    overload_secs: Option<f64>,
+    /// A short run for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DISPATCHER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A store chosen at run time: Redis (single or cluster) when configured, else in-process.
+#[derive(Debug)]
+pub enum AnyStore {
+    Memory(Arc<MemoryStore>),
+    Redis(Arc<RedisStore>),
+}
+
+/// Runs `$body` with `$s` bound to the concrete store.
+#[macro_export]
+macro_rules! with_store {
+    ($store:expr, |$s:ident| $body:expr) => {
+        match $store {
+            $crate::AnyStore::Memory($s) => $body,
+            $crate::AnyStore::Redis($s) => $body,
+        }
+    };
+}
+
+pub async fn open_store(cfg: &Config) -> anyhow::Result<AnyStore> {
+    let opts = RedisStoreOptions {
+        prefix: cfg.key_prefix.clone(),
+        shards: cfg.shards,
+        entry_stream_maxlen: cfg.entry_stream_maxlen,
+        ..Default::default()
+    };
+    if !cfg.redis_cluster.is_empty() {
+        let conn = RedisConn::cluster(&cfg.redis_cluster)
+            .await
+            .context("connecting to the Redis Cluster")?;
+        return Ok(AnyStore::Redis(Arc::new(RedisStore::new(conn, opts)?)));
+    }
+    match &cfg.redis_url {
+        Some(url) => {
+            let conn = RedisConn::single(url)
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact(url)))?;
+            Ok(AnyStore::Redis(Arc::new(RedisStore::new(conn, opts)?)))
+        }
+        None => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(MemoryStoreOptions {
+            entry_stream_maxlen: cfg.entry_stream_maxlen,
+            ..Default::default()
+        })))),
+    }
+}
+
+/// A URL with any password replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Demo(args) => {
+            let cfg = Config::load(None, &env_map())?;
+            rt.block_on(demo::run(args, cfg))
+        }
+        Command::Serve { config } => {
+            let cfg = Config::load(config.as_deref(), &env_map())?;
+            init_tracing(&cfg.log_format);
+            rt.block_on(serve::run(cfg))
+        }
+        Command::Bench(BenchCommand::Admission(a)) => rt.block_on(bench_admission(a)),
+        Command::Bench(BenchCommand::Pool(p)) => bench_pool(p),
+    }
+}
+
+async fn bench_admission(a: AdmissionArgs) -> anyhow::Result<()> {
+    let opts = if a.smoke {
+        AdmissionBenchOptions::smoke(a.redis.clone())
+    } else {
+        AdmissionBenchOptions {
+            redis: a.redis.clone(),
+            users: a.users,
+            events: a.events,
+            capacity: a.capacity,
+            concurrency: a.concurrency,
+            expiry_ttl_ms: a.expiry_ttl_ms,
+            ..Default::default()
+        }
+    };
+    let bar = indicatif::ProgressBar::new(opts.users);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .context("progress template")?
+            .progress_chars("=> "),
+    );
+    let progress = |phase: &str, done: u64, total: u64| {
+        if bar.message() != phase {
+            bar.set_message(phase.to_owned());
+            bar.set_length(total);
+            bar.reset();
+        }
+        bar.set_position(done);
+    };
+    let report: AdmissionBenchReport = dispatcher_bench::admission::run(&opts, &progress)
+        .await
+        .context("admission benchmark")?;
+    bar.finish_and_clear();
+    println!("{report}");
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+fn bench_pool(p: PoolArgs) -> anyhow::Result<()> {
+    let mut opts = if p.smoke {
+        PoolBenchOptions::smoke()
+    } else {
+        PoolBenchOptions::default()
+    };
+    if let Some(v) = p.workers {
+        opts.workers = v;
+    }
+    if let Some(v) = p.queue_capacity {
+        opts.queue_capacity = v;
+    }
+    if let Some(v) = p.producers {
+        opts.producers = v;
+    }
+    if let Some(v) = p.throughput_secs {
+        opts.throughput_secs = v;
+    }
+    if let Some(v) = p.overload_secs {
+        opts.overload_secs = v;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = dispatcher_bench::pool::run(&opts, Some(&bar)).context("pool benchmark")?;
+    bar.finish_and_clear();
+    println!("{report}");
+    if p.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
