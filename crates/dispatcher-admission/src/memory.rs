@@ -91,6 +91,11 @@ struct Ctx<'a> {
     event_id: &'a EventId,
     /// Set by paths that changed nothing, so the indexes are left exactly as they were (as the scripts do).
     unchanged: bool,
+    /// Set by the hot paths: settle cheaply (mirror of `settle_light`): (deadline created, admitted in
+    /// this step).
+    light: Option<(u64, u64)>,
+    /// Whether the last promote reached the per-call limit (mirror of `P_LIMITED`).
+    limited: bool,
     entry: &'a mut VecDeque<EntryRecord>,
     last_entry: &'a mut (u64, u64),
 }
@@ -153,6 +158,7 @@ impl Event {
 
     /// Mirror of `promote` in lib.lua.
     fn promote(&mut self, cx: &mut Ctx<'_>) -> u64 {
+        cx.limited = false;
         if self.settings.state == EventState::Paused {
             return 0;
         }
@@ -195,7 +201,29 @@ impl Event {
         if self.rate() > 0 {
             self.tok = Some(self.tok.unwrap_or(0.0) - count as f64);
         }
+        cx.limited = count > 0 && count == cx.limit;
         count
+    }
+
+    /// Mirror of `settle_light` in lib.lua: the earliest deadline this step may have created.
+    fn light_due(&self, now: u64, extra: u64, admitted: u64, limited: bool) -> u64 {
+        let mut due = extra;
+        if admitted > 0 && now + self.settings.session_ttl_ms < due {
+            due = now + self.settings.session_ttl_ms;
+        }
+        if limited {
+            due = now;
+        }
+        if self.rate() > 0 && self.settings.state != EventState::Paused {
+            let need = 1.0 - self.tok.unwrap_or(0.0);
+            let t = if need > 0.0 {
+                self.tts + (need * 60000.0 / self.rate() as f64).ceil() as u64
+            } else {
+                now
+            };
+            due = due.min(t);
+        }
+        due
     }
 
     /// Mirror of `settle` in lib.lua: the earliest instant something time-driven happens to the event.
@@ -305,6 +333,8 @@ impl MemoryStore {
             maxlen: self.opts.entry_stream_maxlen,
             event_id: event,
             unchanged: false,
+            light: None,
+            limited: false,
             entry: &mut inner.entry,
             last_entry: &mut inner.last_entry,
         };
@@ -313,7 +343,13 @@ impl MemoryStore {
             return Ok(out);
         }
         let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
-        let due = ev.next_due(now);
+        let due = match cx.light {
+            Some((extra, admitted)) => {
+                let d = ev.light_due(now, extra, admitted, cx.limited);
+                Some(inner.due_of.get(event).map_or(d, |old| d.min(*old)))
+            }
+            None => ev.next_due(now),
+        };
         if active {
             inner.active.insert(event.clone());
         } else {
@@ -461,7 +497,8 @@ impl AdmissionStore for MemoryStore {
             if let Some(u) = user {
                 ev.users.insert(u.clone(), id.clone());
             }
-            ev.promote(cx);
+            let n = ev.promote(cx);
+            cx.light = Some((cx.now + ev.settings.abandon_timeout_ms, n));
             let r = ev.tickets.get(&id).cloned().ok_or(AdmissionError::UnknownTicket)?;
             Ok(Joined {
                 ticket: ev.view(&id, &r),
@@ -510,6 +547,7 @@ impl AdmissionStore for MemoryStore {
             }
             ev.finish(ticket, target, cx.now);
             let n = ev.promote(cx);
+            cx.light = Some((cx.now + ev.settings.retention_ms, n));
             let r = ev.tickets.get(ticket).cloned().ok_or(AdmissionError::UnknownTicket)?;
             Ok(Released {
                 ticket: ev.view(ticket, &r),

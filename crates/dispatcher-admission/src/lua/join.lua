@@ -17,14 +17,18 @@ if user ~= '' then
     end
   end
 end
-if redis.call('HEXISTS', K_T, id) == 1 then return { 'CONFLICT', 'ticket id collision' } end
 local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
 local r = { s = 'W', seq = seq, joined = NOW, admitted = 0, expires = 0, ended = 0, user = user }
-redis.call('HSET', K_T, id, pack(r))
+-- 128 random bits never collide in practice; HSETNX makes sure a collision overwrites nothing.
+if redis.call('HSETNX', K_T, id, pack(r)) == 0 then
+  redis.call('HINCRBY', K_CFG, 'seq', -1)
+  return { 'CONFLICT', 'ticket id collision' }
+end
 redis.call('ZADD', K_W, seq, id)
 redis.call('ZADD', K_P, NOW, id)
 if user ~= '' then redis.call('HSET', K_U, user, id) end
-if promote(cfg, tonumber(ARGV[4])) > 0 then r = parse(redis.call('HGET', K_T, id)) end
-settle(cfg)
+local n = promote(cfg, tonumber(ARGV[4]))
+if n > 0 then r = parse(redis.call('HGET', K_T, id)) end
+settle_light(cfg, NOW + cfg.abandon, n, false)
 local v = view(id, r)
 return { 'OK', 1, unpack(v) }

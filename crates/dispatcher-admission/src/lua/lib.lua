@@ -54,10 +54,15 @@ local function refill(cfg)
 end
 
 -- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; each admission is
--- recorded individually on the shard's entry stream. Returns the number admitted.
+-- recorded individually on the shard's entry stream. Returns the number admitted, and leaves the admitted
+-- count after the step in P_ADMITTED and whether the per-call limit was reached in P_LIMITED.
+local P_ADMITTED, P_LIMITED = 0, false
 local function promote(cfg, limit)
+  P_LIMITED = false
+  local card = redis.call('ZCARD', K_A)
+  P_ADMITTED = card
   if cfg.state == 'paused' then return 0 end
-  local free = cfg.cap - redis.call('ZCARD', K_A)
+  local free = cfg.cap - card
   if free <= 0 then return 0 end
   local n = math.min(free, limit)
   if cfg.rate > 0 then
@@ -89,6 +94,8 @@ local function promote(cfg, limit)
   redis.call('ZADD', K_A, unpack(zadd))
   redis.call('ZREM', K_P, unpack(ids))
   if cfg.rate > 0 then cfg.tok = cfg.tok - count end
+  P_ADMITTED = card + count
+  P_LIMITED = (count == limit)
   return count
 end
 
@@ -124,6 +131,29 @@ local function settle(cfg)
   local f = redis.call('ZRANGE', K_F, 0, 0, 'WITHSCORES')
   if f[2] then sooner(tonumber(f[2]) + cfg.retention) end
   if due == nil then redis.call('ZREM', K_DUE, EVENT) else redis.call('ZADD', K_DUE, due, EVENT) end
+end
+
+-- The cheap settle of the hot paths (join, release): keeps the registry exact and lowers the due index to
+-- the earliest deadline this step may have created (ZADD LT). A due entry left too early only causes one
+-- extra pass, which runs the full settle. `extra` is a deadline the caller created; `admitted` the number
+-- admitted in this step; `maybe_empty` asks to drop the event from the registry if it has no live ticket.
+local function settle_light(cfg, extra, admitted, maybe_empty)
+  if cfg.rate > 0 then redis.call('HSET', K_CFG, 'tok', string.format('%.17g', cfg.tok), 'tts', cfg.tts) end
+  if maybe_empty then
+    if P_ADMITTED == 0 and redis.call('ZCARD', K_W) == 0 then redis.call('SREM', K_ACTIVE, EVENT) end
+  else
+    redis.call('SADD', K_ACTIVE, EVENT)
+  end
+  local due = extra
+  if admitted > 0 and NOW + cfg.ttl < due then due = NOW + cfg.ttl end
+  if P_LIMITED then due = NOW end
+  if cfg.rate > 0 and cfg.state ~= 'paused' then
+    local need = 1 - cfg.tok
+    local t = NOW
+    if need > 0 then t = cfg.tts + math.ceil(need * 60000 / cfg.rate) end
+    if t < due then due = t end
+  end
+  redis.call('ZADD', K_DUE, 'LT', due, EVENT)
 end
 
 local function view(id, r)
