@@ -13,7 +13,7 @@ pub mod telemetry;
 pub use error::{AdmissionError, Result};
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
-    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    BulkOutcome, BulkReleased, EntryRecord, MAX_BULK_RELEASE, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
     TicketId, TicketState, UserId,
 };
 pub use promoter::{Promoter, PromoterOptions, PromoterStats};

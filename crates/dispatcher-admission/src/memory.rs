@@ -10,10 +10,10 @@ use tokio::sync::Notify;
 use crate::error::{AdmissionError, Result};
 use crate::fenwick::Fenwick;
 use crate::model::{
-    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
     TicketId, TicketState, UserId,
 };
-use crate::store::{AdmissionStore, Clock, Configured, Release, system_now_ms};
+use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, system_now_ms};
 
 /// Tuning of the in-process store (mirrors [`crate::RedisStoreOptions`]).
 #[derive(Debug, Clone)]
@@ -554,6 +554,60 @@ impl AdmissionStore for MemoryStore {
                 changed: true,
                 admitted_next: n,
             })
+        })
+    }
+
+    async fn release_many(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        how: Release,
+    ) -> Result<BulkReleased> {
+        check_bulk(tickets)?;
+        let target = match how {
+            Release::Complete => TicketState::Completed,
+            Release::Leave => TicketState::Left,
+            Release::Revoke => TicketState::Revoked,
+        };
+        self.with_event(event, |ev, cx| {
+            let mut outcomes = Vec::with_capacity(tickets.len());
+            let mut seen: HashMap<&TicketId, BulkOutcome> = HashMap::new();
+            let mut changed = 0u64;
+            for id in tickets {
+                let out = if let Some(prev) = seen.get(id) {
+                    if *prev == BulkOutcome::Released { BulkOutcome::Already } else { *prev }
+                } else {
+                    match ev.tickets.get(id).cloned() {
+                        None => BulkOutcome::Unknown,
+                        Some(r) if r.state == target => BulkOutcome::Already,
+                        Some(r)
+                            if r.state.is_final()
+                                || (how == Release::Complete && r.state != TicketState::Admitted) =>
+                        {
+                            BulkOutcome::Conflict(r.state)
+                        }
+                        Some(r) => {
+                            if r.state == TicketState::Admitted {
+                                ev.admitted.remove(&(r.expires, id.clone()));
+                            } else {
+                                ev.remove_waiting(id, r.seq);
+                            }
+                            ev.finish(id, target, cx.now);
+                            changed += 1;
+                            BulkOutcome::Released
+                        }
+                    }
+                };
+                seen.insert(id, out);
+                outcomes.push(out);
+            }
+            if changed == 0 {
+                cx.unchanged = true;
+                return Ok(BulkReleased { changed: 0, admitted_next: 0, outcomes });
+            }
+            let n = ev.promote(cx);
+            cx.light = Some((cx.now + ev.settings.retention_ms, n));
+            Ok(BulkReleased { changed, admitted_next: n, outcomes })
         })
     }
 

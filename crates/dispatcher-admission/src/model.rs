@@ -390,6 +390,34 @@ pub struct Released {
     pub admitted_next: u64,
 }
 
+/// What happened to one ticket of a bulk release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "state")]
+pub enum BulkOutcome {
+    /// Ended by this call.
+    Released,
+    /// Already in the requested final state; nothing changed.
+    Already,
+    /// No such ticket in this event.
+    Unknown,
+    /// Its state does not allow the release.
+    Conflict(TicketState),
+}
+
+/// The result of releasing many tickets of one event in one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkReleased {
+    /// Tickets ended by this call.
+    pub changed: u64,
+    /// Tickets admitted in the same step into the freed slots.
+    pub admitted_next: u64,
+    /// One outcome per requested ticket, in request order.
+    pub outcomes: Vec<BulkOutcome>,
+}
+
+/// Most tickets one bulk release accepts.
+pub const MAX_BULK_RELEASE: usize = 1_000;
+
 /// The result of one time-driven pass over an event.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tick {

@@ -7,10 +7,10 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::error::{AdmissionError, Result};
 use crate::model::{
-    EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
+    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
     TicketId, TicketState, UserId,
 };
-use crate::store::{AdmissionStore, Clock, Configured, Release, shard_of};
+use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, shard_of};
 
 const LIB: &str = include_str!("lua/lib.lua");
 
@@ -115,6 +115,7 @@ struct Scripts {
     join: Script,
     ticket: Script,
     release: Script,
+    release_many: Script,
     tick: Script,
     event: Script,
 }
@@ -168,6 +169,7 @@ impl RedisStore {
                 join: script(include_str!("lua/join.lua")),
                 ticket: script(include_str!("lua/ticket.lua")),
                 release: script(include_str!("lua/release.lua")),
+                release_many: script(include_str!("lua/release_many.lua")),
                 tick: script(include_str!("lua/tick.lua")),
                 event: script(include_str!("lua/event.lua")),
             },
@@ -448,6 +450,40 @@ impl AdmissionStore for RedisStore {
             changed: as_u64(at(&items, 1)?)? == 1,
             admitted_next: as_u64(at(&items, 2)?)?,
             ticket: ticket_from(&items, 3)?,
+        })
+    }
+
+    async fn release_many(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        how: Release,
+    ) -> Result<BulkReleased> {
+        check_bulk(tickets)?;
+        let mut args = Vec::with_capacity(tickets.len() + 1);
+        args.push(how.code().to_owned());
+        args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
+        let items = self.run(&self.scripts.release_many, event, &args).await?;
+        let mut outcomes = Vec::with_capacity(tickets.len());
+        for v in items.iter().skip(3) {
+            let code = as_string(v)?;
+            outcomes.push(match code.as_str() {
+                "C" => BulkOutcome::Released,
+                "=" => BulkOutcome::Already,
+                "U" => BulkOutcome::Unknown,
+                x => match x.strip_prefix('X').and_then(TicketState::from_code) {
+                    Some(s) => BulkOutcome::Conflict(s),
+                    None => return Err(AdmissionError::Protocol(format!("bad outcome {x:?}"))),
+                },
+            });
+        }
+        if outcomes.len() != tickets.len() {
+            return Err(AdmissionError::Protocol("bulk release reply length".into()));
+        }
+        Ok(BulkReleased {
+            changed: as_u64(at(&items, 1)?)?,
+            admitted_next: as_u64(at(&items, 2)?)?,
+            outcomes,
         })
     }
 

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::model::{
-    EntryRecord, EventId, EventInfo, EventSettings, Joined, Released, Tick, Ticket, TicketId,
-    UserId,
+    BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, Joined, Released, Tick, Ticket,
+    TicketId, UserId,
 };
 
 /// How a ticket ends when its holder or the shop ends it.
@@ -137,6 +137,16 @@ pub trait AdmissionStore: Send + Sync + 'static {
         how: Release,
     ) -> impl Future<Output = Result<Released>> + Send;
 
+    /// Ends up to [`crate::model::MAX_BULK_RELEASE`] tickets of one event in one atomic step (e.g. a shop
+    /// completing a batch of checkouts); freed slots admit the next tickets in the same step. Each ticket
+    /// gets its own outcome; an unknown or conflicting ticket does not stop the others.
+    fn release_many(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        how: Release,
+    ) -> impl Future<Output = Result<BulkReleased>> + Send;
+
     /// Admits waiting tickets in order within capacity and rate; returns exactly how many were admitted.
     fn promote(&self, event: &EventId) -> impl Future<Output = Result<u64>> + Send;
 
@@ -199,6 +209,18 @@ pub trait AdmissionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Released>> + Send {
         self.release(event, ticket, Release::Revoke)
     }
+}
+
+/// Checks the size of a bulk release.
+pub(crate) fn check_bulk(tickets: &[TicketId]) -> Result<()> {
+    if tickets.is_empty() || tickets.len() > crate::model::MAX_BULK_RELEASE {
+        return Err(crate::error::AdmissionError::InvalidInput(format!(
+            "a bulk release takes 1 to {} tickets, not {}",
+            crate::model::MAX_BULK_RELEASE,
+            tickets.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The shard of an event: FNV-1a of its id modulo the shard count. Stable across versions: changing it

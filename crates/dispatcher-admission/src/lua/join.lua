@@ -18,14 +18,14 @@ if user ~= '' then
   end
 end
 local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
-local r = { s = 'W', seq = seq, joined = NOW, admitted = 0, expires = 0, ended = 0, user = user }
+local r = { s = 'W', seq = string.format('%.0f', seq), joined = NOW_S, admitted = '0', expires = '0', ended = '0', user = user }
 -- 128 random bits never collide in practice; HSETNX makes sure a collision overwrites nothing.
 if redis.call('HSETNX', K_T, id, pack(r)) == 0 then
   redis.call('HINCRBY', K_CFG, 'seq', -1)
   return { 'CONFLICT', 'ticket id collision' }
 end
 redis.call('ZADD', K_W, seq, id)
-redis.call('ZADD', K_P, NOW, id)
+redis.call('ZADD', K_P, NOW_S, id)
 if user ~= '' then redis.call('HSET', K_U, user, id) end
 local n = promote(cfg, tonumber(ARGV[4]))
 if n > 0 then r = parse(redis.call('HGET', K_T, id)) end

@@ -23,11 +23,12 @@ local function clock_now()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local NOW = clock_now()
+local NOW_S = string.format('%.0f', NOW)
 
+-- Record fields stay strings (number <-> string conversions are a large part of a script's cost).
 local function parse(rec)
   local s, seq, j, a, e, d, u = string.match(rec, '^(%a)|(%d+)|(%d*)|(%d*)|(%d*)|(%d*)|(.*)$')
-  return { s = s, seq = tonumber(seq), joined = tonumber(j) or 0, admitted = tonumber(a) or 0,
-           expires = tonumber(e) or 0, ended = tonumber(d) or 0, user = u }
+  return { s = s, seq = seq, joined = j, admitted = a, expires = e, ended = d, user = u }
 end
 
 local function pack(r)
@@ -76,18 +77,19 @@ local function promote(cfg, limit)
   local ids = {}
   for i = 1, count do ids[i] = popped[2 * i - 1] end
   local recs = redis.call('HMGET', K_T, unpack(ids))
-  local expires = NOW + cfg.ttl
+  local exp_s = string.format('%.0f', NOW + cfg.ttl)
+  local maxlen_s = string.format('%.0f', MAXLEN)
   local hset, zadd = {}, {}
   for i = 1, count do
     local id = ids[i]
     local r = parse(recs[i])
-    r.s = 'A'; r.admitted = NOW; r.expires = expires
+    r.s = 'A'; r.admitted = NOW_S; r.expires = exp_s
     hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
-    zadd[#zadd + 1] = expires; zadd[#zadd + 1] = id
+    zadd[#zadd + 1] = exp_s; zadd[#zadd + 1] = id
     if MAXLEN > 0 then
-      redis.call('XADD', K_ENTRY, 'MAXLEN', '~', MAXLEN, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW, 'exp', expires)
+      redis.call('XADD', K_ENTRY, 'MAXLEN', '~', maxlen_s, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW_S, 'exp', exp_s)
     else
-      redis.call('XADD', K_ENTRY, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW, 'exp', expires)
+      redis.call('XADD', K_ENTRY, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW_S, 'exp', exp_s)
     end
   end
   redis.call('HSET', K_T, unpack(hset))
@@ -101,9 +103,9 @@ end
 
 -- Move a ticket to a final state and index it for purging after the retention window.
 local function finish(id, r, state)
-  r.s = state; r.ended = NOW
+  r.s = state; r.ended = NOW_S
   redis.call('HSET', K_T, id, pack(r))
-  redis.call('ZADD', K_F, NOW, id)
+  redis.call('ZADD', K_F, NOW_S, id)
 end
 
 -- Persist the bucket, keep the active registry and the due index in step with the event's state.

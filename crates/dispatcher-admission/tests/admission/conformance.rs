@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use dispatcher_admission::{
+    BulkOutcome, Release,
     AdmissionError, AdmissionStore, Clock, EventId, EventSettings, EventState, Promoter,
     PromoterOptions, TicketId, TicketState, UserId,
 };
@@ -52,6 +53,7 @@ conformance!(
     leave_and_revoke_free_slots,
     promoter_admits_at_the_ttl_instant,
     many_events_spread_over_shards,
+    bulk_release_ends_each_ticket_once_and_refills,
 );
 
 async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
@@ -415,4 +417,40 @@ async fn many_events_spread_over_shards<S: AdmissionStore>(s: Arc<S>, c: Clock) 
         active += s.active_events(sh).await.expect("active").len();
     }
     assert_eq!(active, 40);
+}
+
+async fn bulk_release_ends_each_ticket_once_and_refills<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
+    let e = ev("bulk");
+    s.configure(&e, &settings(3)).await.expect("configure");
+    let ts = futures_join(&s, &e, 6).await;
+    let other = ev("bulk-other");
+    s.configure(&other, &settings(1)).await.expect("configure");
+    let foreign = s.join(&other, None).await.expect("join").ticket.id;
+    let batch = vec![ts[0].clone(), ts[1].clone(), ts[0].clone(), ts[4].clone(), foreign.clone()];
+    let r = s.release_many(&e, &batch, Release::Complete).await.expect("bulk complete");
+    assert_eq!(r.changed, 2);
+    assert_eq!(r.admitted_next, 2, "two slots freed, two admitted in the same step");
+    assert_eq!(
+        r.outcomes,
+        vec![
+            BulkOutcome::Released,
+            BulkOutcome::Released,
+            BulkOutcome::Already,
+            BulkOutcome::Conflict(TicketState::Waiting),
+            BulkOutcome::Unknown,
+        ]
+    );
+    assert_eq!(s.ticket(&e, &ts[3]).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(s.ticket(&e, &ts[4]).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(s.ticket(&e, &ts[5]).await.expect("read").ahead, Some(0));
+    let again = s.release_many(&e, &batch[..2], Release::Complete).await.expect("again");
+    assert_eq!((again.changed, again.admitted_next), (0, 0));
+    let info = s.event(&e).await.expect("event");
+    assert_eq!((info.admitted, info.waiting, info.finished), (3, 1, 2));
+    assert!(matches!(s.release_many(&e, &[], Release::Leave).await, Err(AdmissionError::InvalidInput(_))));
+    let too_many: Vec<TicketId> = (0..1001).map(|_| TicketId::generate()).collect();
+    assert!(matches!(s.release_many(&e, &too_many, Release::Leave).await, Err(AdmissionError::InvalidInput(_))));
+    assert_eq!(s.event(&e).await.expect("event"), info, "refused bulk calls changed nothing");
+    let left = s.release_many(&e, &[ts[5].clone(), ts[2].clone()], Release::Leave).await.expect("bulk leave");
+    assert_eq!((left.changed, left.admitted_next), (2, 0));
 }

@@ -16,6 +16,7 @@ enum Op {
     Join { event: usize, user: Option<u8> },
     Read { event: usize, nth: usize, touch: bool },
     Release { event: usize, nth: usize, how: u8 },
+    ReleaseMany { event: usize, nths: Vec<usize>, how: u8 },
     Tick { event: usize },
     Promote { event: usize },
     Configure { event: usize, capacity: u64, rate: Option<u64>, state: u8 },
@@ -27,6 +28,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..2usize, proptest::option::of(0..4u8)).prop_map(|(event, user)| Op::Join { event, user }),
         2 => (0..2usize, 0..12usize, any::<bool>()).prop_map(|(event, nth, touch)| Op::Read { event, nth, touch }),
         3 => (0..2usize, 0..12usize, 0..3u8).prop_map(|(event, nth, how)| Op::Release { event, nth, how }),
+        2 => (0..2usize, proptest::collection::vec(0..12usize, 1..5), 0..3u8)
+            .prop_map(|(event, nths, how)| Op::ReleaseMany { event, nths, how }),
         2 => (0..2usize).prop_map(|event| Op::Tick { event }),
         1 => (0..2usize).prop_map(|event| Op::Promote { event }),
         1 => (0..2usize, 1..4u64, proptest::option::of(30..200u64), 0..3u8)
@@ -98,6 +101,27 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
             let how = [Release::Complete, Release::Leave, Release::Revoke][*how as usize];
             match s.release(&events[*event], &id, how).await {
                 Ok(r) => Seen::Ticket(Some(norm(&r.ticket)), r.changed, r.admitted_next),
+                Err(e) => err(e),
+            }
+        }
+        Op::ReleaseMany { event, nths, how } => {
+            let ids: Vec<TicketId> = nths
+                .iter()
+                .map(|n| side.tickets[*event].get(*n).cloned().unwrap_or_else(|| TicketId::parse(&format!("{:032x}", 0xdead_0000 + *n)).expect("hex")))
+                .collect();
+            let how = [Release::Complete, Release::Leave, Release::Revoke][*how as usize];
+            match s.release_many(&events[*event], &ids, how).await {
+                Ok(r) => Seen::Count(
+                    [r.changed, r.admitted_next]
+                        .into_iter()
+                        .chain(r.outcomes.iter().map(|o| match o {
+                            dispatcher_admission::BulkOutcome::Released => 1,
+                            dispatcher_admission::BulkOutcome::Already => 2,
+                            dispatcher_admission::BulkOutcome::Unknown => 3,
+                            dispatcher_admission::BulkOutcome::Conflict(s) => 10 + s.code() as u64,
+                        }))
+                        .collect(),
+                ),
                 Err(e) => err(e),
             }
         }

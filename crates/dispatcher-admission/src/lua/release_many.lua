@@ -1,0 +1,47 @@
+-- End many tickets of one event in one step (a shop completing a batch of checkouts): ARGV[5] = "C", "L" or
+-- "R" as in release.lua, ARGV[6..] ticket ids (duplicates count once). Freed slots admit the next waiting
+-- tickets in the same step. Returns {"OK", changed, admitted, outcome per id...} with outcome "C" (ended now),
+-- "=" (already in that state), "U" (unknown ticket) or "X<state>" (conflict).
+local cfg = load_cfg()
+if not cfg then return { 'UNKNOWN_EVENT' } end
+local target = ARGV[5]
+local ids = {}
+for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return { 'OK', 0, 0 } end
+local recs = redis.call('HMGET', K_T, unpack(ids))
+local out, seen = {}, {}
+local zrem_a, zrem_w, hset, zadd_f = {}, {}, {}, {}
+for i = 1, #ids do
+  local id, rec = ids[i], recs[i]
+  if seen[id] then
+    out[i] = seen[id] == 'C' and '=' or seen[id]
+  elseif not rec then
+    out[i] = 'U'
+  else
+    local r = parse(rec)
+    if r.s == target then
+      out[i] = '='
+    elseif (r.s ~= 'W' and r.s ~= 'A' and r.s ~= 'Q') or (target == 'C' and r.s ~= 'A') then
+      out[i] = 'X' .. r.s
+    else
+      if r.s == 'A' then zrem_a[#zrem_a + 1] = id else zrem_w[#zrem_w + 1] = id end
+      r.s = target; r.ended = NOW_S
+      hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
+      zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
+      out[i] = 'C'
+    end
+  end
+  seen[id] = out[i]
+end
+local changed = #zadd_f / 2
+if changed == 0 then return { 'OK', 0, 0, unpack(out) } end
+if #zrem_a > 0 then redis.call('ZREM', K_A, unpack(zrem_a)) end
+if #zrem_w > 0 then
+  redis.call('ZREM', K_W, unpack(zrem_w))
+  redis.call('ZREM', K_P, unpack(zrem_w))
+end
+redis.call('HSET', K_T, unpack(hset))
+redis.call('ZADD', K_F, unpack(zadd_f))
+local n = promote(cfg, tonumber(ARGV[4]))
+settle_light(cfg, NOW + cfg.retention, n, true)
+return { 'OK', changed, n, unpack(out) }
