@@ -38,6 +38,9 @@ pub struct AdmissionBenchOptions {
     pub expiry_generations: u64,
     /// Shards of the Redis store.
     pub shards: u16,
+    /// Tickets the completer ends per call: 1 = one `complete` per ticket (a shop reporting each checkout);
+    /// more = `release_many` batches (a shop reporting checkouts in bulk).
+    pub complete_batch: usize,
 }
 
 impl Default for AdmissionBenchOptions {
@@ -53,6 +56,7 @@ impl Default for AdmissionBenchOptions {
             expiry_ttl_ms: 500,
             expiry_generations: 10,
             shards: 16,
+            complete_batch: 1,
         }
     }
 }
@@ -86,6 +90,7 @@ pub struct AdmissionBenchReport {
     pub capacity: u64,
     pub concurrency: usize,
     pub shards: u16,
+    pub complete_batch: usize,
     pub joins_per_sec: f64,
     pub join_p50_us: u64,
     pub join_p99_us: u64,
@@ -118,8 +123,8 @@ impl std::fmt::Display for AdmissionBenchReport {
         )?;
         writeln!(
             f,
-            "  config: {} users, {} events, capacity {}, {} ops in flight, {} shards",
-            self.users, self.events, self.capacity, self.concurrency, self.shards
+            "  config: {} users, {} events, capacity {}, {} ops in flight, {} shards, completer ends {} ticket(s) per call",
+            self.users, self.events, self.capacity, self.concurrency, self.shards, self.complete_batch
         )?;
         writeln!(
             f,
@@ -173,6 +178,12 @@ pub async fn run(
         return Err(AdmissionBenchError::Invalid(
             "users, events, capacity and concurrency must be positive".into(),
         ));
+    }
+    if opts.complete_batch == 0 || opts.complete_batch > dispatcher_admission::MAX_BULK_RELEASE {
+        return Err(AdmissionBenchError::Invalid(format!(
+            "complete batch must be between 1 and {}",
+            dispatcher_admission::MAX_BULK_RELEASE
+        )));
     }
     match &opts.redis {
         None => {
@@ -369,19 +380,39 @@ async fn run_with<S: AdmissionStore>(
             continue;
         }
         idle_rounds = 0;
-        let mut completes = stream::iter(batch.iter())
-            .map(|r| {
+        let mut calls: Vec<(EventId, Vec<TicketId>)> = Vec::new();
+        if opts.complete_batch == 1 {
+            for r in &batch {
+                calls.push((EventId::new(r.event.clone())?, vec![TicketId::parse(&r.ticket)?]));
+            }
+        } else {
+            let mut by_event: std::collections::BTreeMap<&str, Vec<TicketId>> = Default::default();
+            for r in &batch {
+                by_event.entry(r.event.as_str()).or_default().push(TicketId::parse(&r.ticket)?);
+            }
+            for (e, ids) in by_event {
+                for chunk in ids.chunks(opts.complete_batch) {
+                    calls.push((EventId::new(e)?, chunk.to_vec()));
+                }
+            }
+        }
+        let mut completes = stream::iter(calls.iter())
+            .map(|(e, ids)| {
                 let store = &store;
                 async move {
-                    let e = EventId::new(r.event.clone())?;
-                    let t = TicketId::parse(&r.ticket)?;
-                    store.complete(&e, &t).await
+                    if ids.len() == 1 {
+                        store.complete(e, &ids[0]).await.map(|_| 1u64)
+                    } else {
+                        store
+                            .release_many(e, ids, dispatcher_admission::Release::Complete)
+                            .await
+                            .map(|r| r.changed)
+                    }
                 }
             })
             .buffer_unordered(opts.concurrency);
         while let Some(r) = completes.next().await {
-            r?;
-            completed += 1;
+            completed += r?;
         }
         drop(completes);
         records.extend(batch);
@@ -487,6 +518,7 @@ async fn run_with<S: AdmissionStore>(
         capacity: opts.capacity,
         concurrency: opts.concurrency,
         shards,
+        complete_batch: opts.complete_batch,
         joins_per_sec: opts.users as f64 / join_secs,
         join_p50_us: lat.value_at_quantile(0.5),
         join_p99_us: lat.value_at_quantile(0.99),

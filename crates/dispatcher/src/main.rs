@@ -66,6 +66,9 @@ struct AdmissionArgs {
     /// Session TTL of the expiry phase, ms.
     #[arg(long, default_value_t = 500)]
     expiry_ttl_ms: u64,
+    /// Tickets the completer ends per call (1 = one complete per ticket; up to 1000 = bulk release).
+    #[arg(long, default_value_t = 1)]
+    complete_batch: usize,
     /// A short run for CI (overrides sizes).
     #[arg(long)]
     smoke: bool,
@@ -185,7 +188,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench_admission(a: AdmissionArgs) -> anyhow::Result<()> {
     let opts = if a.smoke {
-        AdmissionBenchOptions::smoke(a.redis.clone())
+        AdmissionBenchOptions {
+            complete_batch: a.complete_batch,
+            ..AdmissionBenchOptions::smoke(a.redis.clone())
+        }
     } else {
         AdmissionBenchOptions {
             redis: a.redis.clone(),
@@ -194,6 +200,7 @@ async fn bench_admission(a: AdmissionArgs) -> anyhow::Result<()> {
             capacity: a.capacity,
             concurrency: a.concurrency,
             expiry_ttl_ms: a.expiry_ttl_ms,
+            complete_batch: a.complete_batch,
             ..Default::default()
         }
     };

@@ -1,0 +1,9 @@
+//! Integration tests of the `dispatcher` binary: crash injection with several `serve` promoters sharing one
+//! Redis (PRODUCT.md §4), and smoke tests of `serve` and `demo`.
+
+#[path = "cli/crash.rs"]
+mod crash;
+#[path = "cli/smoke.rs"]
+mod smoke;
+#[path = "cli/support.rs"]
+mod support;
