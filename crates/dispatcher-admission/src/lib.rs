@@ -13,8 +13,8 @@ pub mod telemetry;
 pub use error::{AdmissionError, Result};
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
-    BulkOutcome, BulkReleased, EntryRecord, MAX_BULK_RELEASE, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
-    TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
+    MAX_BULK_RELEASE, Released, Tick, Ticket, TicketId, TicketState, UserId,
 };
 pub use promoter::{Promoter, PromoterOptions, PromoterStats};
 pub use redis_store::{RedisConn, RedisStore, RedisStoreOptions};

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 use crate::error::{AdmissionError, Result};
 use crate::fenwick::Fenwick;
 use crate::model::{
-    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
-    TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
+    Released, Tick, Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, system_now_ms};
 
@@ -277,7 +277,11 @@ impl Event {
 
 fn push_entry(cx: &mut Ctx<'_>, id: &TicketId, user: Option<&UserId>, seq: u64, expires: u64) {
     let (ms, n) = *cx.last_entry;
-    let next = if cx.now > ms { (cx.now, 0) } else { (ms, n + 1) };
+    let next = if cx.now > ms {
+        (cx.now, 0)
+    } else {
+        (ms, n + 1)
+    };
     *cx.last_entry = next;
     cx.entry.push_back(EntryRecord {
         entry_id: format!("{}-{}", next.0, next.1),
@@ -499,7 +503,11 @@ impl AdmissionStore for MemoryStore {
             }
             let n = ev.promote(cx);
             cx.light = Some((cx.now + ev.settings.abandon_timeout_ms, n));
-            let r = ev.tickets.get(&id).cloned().ok_or(AdmissionError::UnknownTicket)?;
+            let r = ev
+                .tickets
+                .get(&id)
+                .cloned()
+                .ok_or(AdmissionError::UnknownTicket)?;
             Ok(Joined {
                 ticket: ev.view(&id, &r),
                 created: true,
@@ -535,8 +543,7 @@ impl AdmissionStore for MemoryStore {
                     admitted_next: 0,
                 });
             }
-            if r.state.is_final()
-                || (how == Release::Complete && r.state != TicketState::Admitted)
+            if r.state.is_final() || (how == Release::Complete && r.state != TicketState::Admitted)
             {
                 return Err(crate::redis_store::conflict(&r.state.code().to_string()));
             }
@@ -548,7 +555,11 @@ impl AdmissionStore for MemoryStore {
             ev.finish(ticket, target, cx.now);
             let n = ev.promote(cx);
             cx.light = Some((cx.now + ev.settings.retention_ms, n));
-            let r = ev.tickets.get(ticket).cloned().ok_or(AdmissionError::UnknownTicket)?;
+            let r = ev
+                .tickets
+                .get(ticket)
+                .cloned()
+                .ok_or(AdmissionError::UnknownTicket)?;
             Ok(Released {
                 ticket: ev.view(ticket, &r),
                 changed: true,
@@ -575,14 +586,19 @@ impl AdmissionStore for MemoryStore {
             let mut changed = 0u64;
             for id in tickets {
                 let out = if let Some(prev) = seen.get(id) {
-                    if *prev == BulkOutcome::Released { BulkOutcome::Already } else { *prev }
+                    if *prev == BulkOutcome::Released {
+                        BulkOutcome::Already
+                    } else {
+                        *prev
+                    }
                 } else {
                     match ev.tickets.get(id).cloned() {
                         None => BulkOutcome::Unknown,
                         Some(r) if r.state == target => BulkOutcome::Already,
                         Some(r)
                             if r.state.is_final()
-                                || (how == Release::Complete && r.state != TicketState::Admitted) =>
+                                || (how == Release::Complete
+                                    && r.state != TicketState::Admitted) =>
                         {
                             BulkOutcome::Conflict(r.state)
                         }
@@ -603,11 +619,19 @@ impl AdmissionStore for MemoryStore {
             }
             if changed == 0 {
                 cx.unchanged = true;
-                return Ok(BulkReleased { changed: 0, admitted_next: 0, outcomes });
+                return Ok(BulkReleased {
+                    changed: 0,
+                    admitted_next: 0,
+                    outcomes,
+                });
             }
             let n = ev.promote(cx);
             cx.light = Some((cx.now + ev.settings.retention_ms, n));
-            Ok(BulkReleased { changed, admitted_next: n, outcomes })
+            Ok(BulkReleased {
+                changed,
+                admitted_next: n,
+                outcomes,
+            })
         })
     }
 
@@ -707,13 +731,24 @@ impl AdmissionStore for MemoryStore {
         Ok(self.inner.lock().events.keys().cloned().collect())
     }
 
-    async fn entry_records(&self, _shard: u16, after: &str, count: usize) -> Result<Vec<EntryRecord>> {
+    async fn entry_records(
+        &self,
+        _shard: u16,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<EntryRecord>> {
         let after = parse_entry_id(after);
         let inner = self.inner.lock();
         let start = inner
             .entry
             .partition_point(|e| parse_entry_id(&e.entry_id) <= after);
-        Ok(inner.entry.iter().skip(start).take(count).cloned().collect())
+        Ok(inner
+            .entry
+            .iter()
+            .skip(start)
+            .take(count)
+            .cloned()
+            .collect())
     }
 
     async fn changed(&self) {

@@ -107,7 +107,11 @@ impl TicketId {
 
     /// Validates and wraps a ticket id given by a client.
     pub fn parse(id: &str) -> Result<Self, AdmissionError> {
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if id.len() != 32
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(AdmissionError::invalid(
                 "ticket id must be 32 lowercase hexadecimal digits",
             ));

@@ -117,7 +117,9 @@ impl<S: AdmissionStore> Promoter<S> {
     fn record(&self, t: &Tick) {
         self.stats.admitted.fetch_add(t.admitted, Ordering::Relaxed);
         self.stats.expired.fetch_add(t.expired, Ordering::Relaxed);
-        self.stats.abandoned.fetch_add(t.abandoned, Ordering::Relaxed);
+        self.stats
+            .abandoned
+            .fetch_add(t.abandoned, Ordering::Relaxed);
         metrics::counter!(telemetry::PROMOTER_ADMITTED_TOTAL).increment(t.admitted);
         metrics::counter!(telemetry::EXPIRED_TOTAL).increment(t.expired);
         metrics::counter!(telemetry::ABANDONED_TOTAL).increment(t.abandoned);
@@ -187,7 +189,10 @@ impl<S: AdmissionStore> Promoter<S> {
                     b
                 }
             };
-            let sweep_in = self.opts.sweep_interval.saturating_sub(last_sweep.elapsed());
+            let sweep_in = self
+                .opts
+                .sweep_interval
+                .saturating_sub(last_sweep.elapsed());
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(sleep.min(sweep_in)) => {}

@@ -7,8 +7,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 
 use crate::error::{AdmissionError, Result};
 use crate::model::{
-    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined, Released, Tick, Ticket,
-    TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
+    Released, Tick, Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, shard_of};
 
@@ -241,7 +241,11 @@ impl RedisStore {
         let v: Value = inv.invoke_async(&mut conn).await?;
         let items = match v {
             Value::Array(items) => items,
-            other => return Err(AdmissionError::Protocol(format!("unexpected reply {other:?}"))),
+            other => {
+                return Err(AdmissionError::Protocol(format!(
+                    "unexpected reply {other:?}"
+                )));
+            }
         };
         let code = items
             .first()
@@ -257,7 +261,9 @@ impl RedisStore {
                 let what = items.get(1).map(as_string).transpose()?.unwrap_or_default();
                 Err(conflict(&what))
             }
-            other => Err(AdmissionError::Protocol(format!("unknown reply code {other:?}"))),
+            other => Err(AdmissionError::Protocol(format!(
+                "unknown reply code {other:?}"
+            ))),
         }
     }
 }
@@ -276,14 +282,17 @@ fn as_string(v: &Value) -> Result<String> {
         Value::SimpleString(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
         Value::Okay => Ok("OK".into()),
-        other => Err(AdmissionError::Protocol(format!("expected string, got {other:?}"))),
+        other => Err(AdmissionError::Protocol(format!(
+            "expected string, got {other:?}"
+        ))),
     }
 }
 
 fn as_u64(v: &Value) -> Result<u64> {
     match v {
-        Value::Int(i) => u64::try_from(*i)
-            .map_err(|_| AdmissionError::Protocol(format!("negative integer {i}"))),
+        Value::Int(i) => {
+            u64::try_from(*i).map_err(|_| AdmissionError::Protocol(format!("negative integer {i}")))
+        }
         other => as_string(other)?
             .parse::<f64>()
             .map(|f| f as u64)
@@ -532,7 +541,10 @@ impl AdmissionStore for RedisStore {
             .arg(limit)
             .query_async(&mut conn)
             .await?;
-        Ok(ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|s| EventId::new(s).ok())
+            .collect())
     }
 
     async fn next_due(&self) -> Result<Option<u64>> {
@@ -561,7 +573,10 @@ impl AdmissionStore for RedisStore {
             .arg(format!("{}:active", self.shard_tag(shard)))
             .query_async(&mut conn)
             .await?;
-        let mut out: Vec<EventId> = ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect();
+        let mut out: Vec<EventId> = ids
+            .into_iter()
+            .filter_map(|s| EventId::new(s).ok())
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -572,12 +587,20 @@ impl AdmissionStore for RedisStore {
             .arg(format!("{}:events", self.shard_tag(shard)))
             .query_async(&mut conn)
             .await?;
-        let mut out: Vec<EventId> = ids.into_iter().filter_map(|s| EventId::new(s).ok()).collect();
+        let mut out: Vec<EventId> = ids
+            .into_iter()
+            .filter_map(|s| EventId::new(s).ok())
+            .collect();
         out.sort();
         Ok(out)
     }
 
-    async fn entry_records(&self, shard: u16, after: &str, count: usize) -> Result<Vec<EntryRecord>> {
+    async fn entry_records(
+        &self,
+        shard: u16,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<EntryRecord>> {
         let mut conn = self.conn.clone();
         let start = if after == "0" || after.is_empty() {
             "-".to_owned()
@@ -593,7 +616,9 @@ impl AdmissionStore for RedisStore {
             .query_async(&mut conn)
             .await?;
         let Value::Array(entries) = v else {
-            return Err(AdmissionError::Protocol("XRANGE reply is not an array".into()));
+            return Err(AdmissionError::Protocol(
+                "XRANGE reply is not an array".into(),
+            ));
         };
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dispatcher_admission::{
-    AdmissionError, AdmissionStore, EntryRecord, EventId, EventSettings, EventState,
-    MemoryStore, MemoryStoreOptions, Promoter, PromoterOptions, RedisConn, RedisStore,
-    RedisStoreOptions, TicketId, UserId,
+    AdmissionError, AdmissionStore, EntryRecord, EventId, EventSettings, EventState, MemoryStore,
+    MemoryStoreOptions, Promoter, PromoterOptions, RedisConn, RedisStore, RedisStoreOptions,
+    TicketId, UserId,
 };
 use futures_util::StreamExt;
 use futures_util::stream;
@@ -124,7 +124,12 @@ impl std::fmt::Display for AdmissionBenchReport {
         writeln!(
             f,
             "  config: {} users, {} events, capacity {}, {} ops in flight, {} shards, completer ends {} ticket(s) per call",
-            self.users, self.events, self.capacity, self.concurrency, self.shards, self.complete_batch
+            self.users,
+            self.events,
+            self.capacity,
+            self.concurrency,
+            self.shards,
+            self.complete_batch
         )?;
         writeln!(
             f,
@@ -134,7 +139,10 @@ impl std::fmt::Display for AdmissionBenchReport {
         writeln!(
             f,
             "  promotions: {} in {:.2} s = {:.0}/s (counted from entry-stream records); completions {:.0}/s",
-            self.promotions_total, self.promotion_phase_secs, self.promotions_per_sec, self.completions_per_sec
+            self.promotions_total,
+            self.promotion_phase_secs,
+            self.promotions_per_sec,
+            self.completions_per_sec
         )?;
         writeln!(
             f,
@@ -227,8 +235,10 @@ async fn redis_facts(mut conn: RedisConn) -> (Option<String>, Option<String>) {
         .await
         .ok();
     let version = info.and_then(|i| {
-        i.lines()
-            .find_map(|l| l.strip_prefix("redis_version:").map(|v| v.trim().to_owned()))
+        i.lines().find_map(|l| {
+            l.strip_prefix("redis_version:")
+                .map(|v| v.trim().to_owned())
+        })
     });
     let aof: Option<Vec<String>> = redis::cmd("CONFIG")
         .arg("GET")
@@ -248,7 +258,11 @@ async fn redis_facts(mut conn: RedisConn) -> (Option<String>, Option<String>) {
         .query_async(&mut conn)
         .await
         .ok();
-    let get = |v: &Option<Vec<String>>| v.as_ref().and_then(|v| v.get(1).cloned()).unwrap_or_default();
+    let get = |v: &Option<Vec<String>>| {
+        v.as_ref()
+            .and_then(|v| v.get(1).cloned())
+            .unwrap_or_default()
+    };
     let persistence = format!(
         "appendonly={} appendfsync={} save=\"{}\"",
         get(&aof),
@@ -323,7 +337,7 @@ async fn run_with<S: AdmissionStore>(
             let d = r?;
             lat.record(d.as_micros().max(1) as u64).ok();
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 progress("joining", n, opts.users);
             }
         }
@@ -362,7 +376,9 @@ async fn run_with<S: AdmissionStore>(
     while completed < opts.users {
         let mut batch = Vec::new();
         for sh in 0..shards {
-            let recs = store.entry_records(sh, &cursors[sh as usize], 2_000).await?;
+            let recs = store
+                .entry_records(sh, &cursors[sh as usize], 2_000)
+                .await?;
             if let Some(last) = recs.last() {
                 cursors[sh as usize] = last.entry_id.clone();
             }
@@ -383,12 +399,18 @@ async fn run_with<S: AdmissionStore>(
         let mut calls: Vec<(EventId, Vec<TicketId>)> = Vec::new();
         if opts.complete_batch == 1 {
             for r in &batch {
-                calls.push((EventId::new(r.event.clone())?, vec![TicketId::parse(&r.ticket)?]));
+                calls.push((
+                    EventId::new(r.event.clone())?,
+                    vec![TicketId::parse(&r.ticket)?],
+                ));
             }
         } else {
             let mut by_event: std::collections::BTreeMap<&str, Vec<TicketId>> = Default::default();
             for r in &batch {
-                by_event.entry(r.event.as_str()).or_default().push(TicketId::parse(&r.ticket)?);
+                by_event
+                    .entry(r.event.as_str())
+                    .or_default()
+                    .push(TicketId::parse(&r.ticket)?);
             }
             for (e, ids) in by_event {
                 for chunk in ids.chunks(opts.complete_batch) {
@@ -419,7 +441,11 @@ async fn run_with<S: AdmissionStore>(
         progress("promoting", completed, opts.users);
     }
     let phase_secs = phase_start.elapsed().as_secs_f64();
-    let last_admit_ms = records.iter().map(|r| r.admitted_at_ms).max().unwrap_or(phase_start_ms);
+    let last_admit_ms = records
+        .iter()
+        .map(|r| r.admitted_at_ms)
+        .max()
+        .unwrap_or(phase_start_ms);
     let promote_secs = ((last_admit_ms.saturating_sub(phase_start_ms)) as f64 / 1000.0).max(0.001);
 
     // Invariants on the record: per event, admissions in sequence order, never above capacity at once.
@@ -480,7 +506,9 @@ async fn run_with<S: AdmissionStore>(
         + Duration::from_millis(opts.expiry_ttl_ms * (opts.expiry_generations + 2) + 10_000);
     while (x_records.len() as u64) < total && Instant::now() < deadline {
         for sh in 0..shards {
-            let recs = store.entry_records(sh, &x_cursors[sh as usize], 5_000).await?;
+            let recs = store
+                .entry_records(sh, &x_cursors[sh as usize], 5_000)
+                .await?;
             if let Some(last) = recs.last() {
                 x_cursors[sh as usize] = last.entry_id.clone();
             }

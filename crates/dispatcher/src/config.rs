@@ -102,18 +102,28 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: &HashMap<String, String>) -> anyhow::Result<()> {
-        let get = |k: &str| env.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            env.get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         if let Some(v) = get("DISPATCHER_REDIS_URL").or_else(|| get("REDIS_URL")) {
             self.redis_url = Some(v);
         }
         if let Some(v) = get("DISPATCHER_REDIS_CLUSTER") {
-            self.redis_cluster = v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+            self.redis_cluster = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if let Some(v) = get("DISPATCHER_KEY_PREFIX") {
             self.key_prefix = v;
         }
         if let Some(v) = get("DISPATCHER_SHARDS") {
-            self.shards = v.parse().with_context(|| format!("DISPATCHER_SHARDS={v:?} is not a number"))?;
+            self.shards = v
+                .parse()
+                .with_context(|| format!("DISPATCHER_SHARDS={v:?} is not a number"))?;
         }
         if let Some(v) = get("DISPATCHER_HTTP_ADDR") {
             self.http_addr = v;
@@ -138,7 +148,10 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            bail!("log_format must be \"text\" or \"json\", not {:?}", self.log_format);
+            bail!(
+                "log_format must be \"text\" or \"json\", not {:?}",
+                self.log_format
+            );
         }
         if self.shards == 0 || self.shards > 4096 {
             bail!("shards must be between 1 and 4096");
@@ -160,14 +173,20 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_work_without_file_or_env() {
         let c = Config::load(None, &env(&[])).expect("defaults");
         assert_eq!(c, Config::default());
-        assert!(c.redis_url.is_none(), "no Redis configured means the in-process store");
+        assert!(
+            c.redis_url.is_none(),
+            "no Redis configured means the in-process store"
+        );
     }
 
     #[test]
@@ -196,10 +215,17 @@ session_ttl_ms = 900000
         assert_eq!(c.events[0].settings.capacity, 1000);
         let c = Config::load(
             Some(&p),
-            &env(&[("REDIS_URL", "redis://alias"), ("DISPATCHER_REDIS_URL", "redis://main")]),
+            &env(&[
+                ("REDIS_URL", "redis://alias"),
+                ("DISPATCHER_REDIS_URL", "redis://main"),
+            ]),
         )
         .expect("load");
-        assert_eq!(c.redis_url.as_deref(), Some("redis://main"), "DISPATCHER_REDIS_URL wins");
+        assert_eq!(
+            c.redis_url.as_deref(),
+            Some("redis://main"),
+            "DISPATCHER_REDIS_URL wins"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -45,7 +45,11 @@ struct Outcome {
 }
 
 pub async fn run(args: DemoArgs, mut cfg: Config) -> anyhow::Result<()> {
-    if args.users == 0 || args.capacity == 0 || !(args.arrival_secs >= 0.0) {
+    if args.users == 0
+        || args.capacity == 0
+        || args.arrival_secs.is_nan()
+        || args.arrival_secs < 0.0
+    {
         anyhow::bail!("--users and --capacity must be positive and --arrival-secs non-negative");
     }
     if cfg.redis_url.is_some() || !cfg.redis_cluster.is_empty() {
@@ -76,7 +80,10 @@ async fn run_with<S: AdmissionStore>(store: Arc<S>, args: DemoArgs) -> anyhow::R
             abandon_timeout_ms: 5_000,
             ..EventSettings::with_capacity(*cap)
         };
-        store.configure(e, &s).await.with_context(|| format!("configuring {e}"))?;
+        store
+            .configure(e, &s)
+            .await
+            .with_context(|| format!("configuring {e}"))?;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let promoter = Promoter::new(store.clone(), PromoterOptions::default());
@@ -130,7 +137,9 @@ async fn run_with<S: AdmissionStore>(store: Arc<S>, args: DemoArgs) -> anyhow::R
             }
         }
         for sh in 0..store.shard_count() {
-            let recs = store.entry_records(sh, &cursors[sh as usize], 10_000).await?;
+            let recs = store
+                .entry_records(sh, &cursors[sh as usize], 10_000)
+                .await?;
             if let Some(last) = recs.last() {
                 cursors[sh as usize] = last.entry_id.clone();
             }
@@ -141,7 +150,7 @@ async fn run_with<S: AdmissionStore>(store: Arc<S>, args: DemoArgs) -> anyhow::R
                 }
                 let n = printed.entry(r.event.clone()).or_default();
                 *n += 1;
-                if *n <= 3 || *n % 250 == 0 {
+                if *n <= 3 || n.is_multiple_of(250) {
                     let line = format!(
                         "  +{:>6.2}s  admitted {:<12} to {:<13} (#{} in line, admission {} of this event)",
                         started.elapsed().as_secs_f64(),
@@ -195,7 +204,10 @@ async fn run_with<S: AdmissionStore>(store: Arc<S>, args: DemoArgs) -> anyhow::R
     for (e, cap) in &events {
         let m = max_admitted.get(e.as_str()).copied().unwrap_or(0);
         let admissions = printed.get(e.as_str()).copied().unwrap_or(0);
-        println!("  {:<13} capacity {cap:>4}: {admissions:>5} admissions, at most {m} admitted at once", e.as_str());
+        println!(
+            "  {:<13} capacity {cap:>4}: {admissions:>5} admissions, at most {m} admitted at once",
+            e.as_str()
+        );
         ok &= m <= *cap;
     }
     println!(

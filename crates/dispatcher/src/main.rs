@@ -20,7 +20,11 @@ use dispatcher_bench::pool::PoolBenchOptions;
 use crate::config::Config;
 
 #[derive(Debug, Parser)]
-#[command(name = "dispatcher", version, about = "Moves work from where it is produced to where it is consumed")]
+#[command(
+    name = "dispatcher",
+    version,
+    about = "Moves work from where it is produced to where it is consumed"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,7 +108,9 @@ fn env_map() -> HashMap<String, String> {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DISPATCHER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -150,10 +156,12 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<AnyStore> {
                 .with_context(|| format!("connecting to Redis at {}", redact(url)))?;
             Ok(AnyStore::Redis(Arc::new(RedisStore::new(conn, opts)?)))
         }
-        None => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(MemoryStoreOptions {
-            entry_stream_maxlen: cfg.entry_stream_maxlen,
-            ..Default::default()
-        })))),
+        None => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(
+            MemoryStoreOptions {
+                entry_stream_maxlen: cfg.entry_stream_maxlen,
+                ..Default::default()
+            },
+        )))),
     }
 }
 
@@ -206,9 +214,11 @@ async fn bench_admission(a: AdmissionArgs) -> anyhow::Result<()> {
     };
     let bar = indicatif::ProgressBar::new(opts.users);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .context("progress template")?
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
     );
     let progress = |phase: &str, done: u64, total: u64| {
         if bar.message() != phase {
@@ -267,7 +277,10 @@ mod tests {
 
     #[test]
     fn redact_hides_passwords() {
-        assert_eq!(redact("redis://:s3cret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(
+            redact("redis://:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

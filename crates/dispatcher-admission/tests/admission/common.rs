@@ -27,7 +27,11 @@ pub fn cluster_nodes() -> Vec<String> {
 
 /// A unique key prefix so tests sharing a server never see each other's keys.
 pub fn fresh_prefix() -> String {
-    format!("t{}-{}", std::process::id(), PREFIX.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        PREFIX.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn memory(clock: Clock) -> Arc<MemoryStore> {

@@ -4,9 +4,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use dispatcher_admission::{
-    BulkOutcome, Release,
-    AdmissionError, AdmissionStore, Clock, EventId, EventSettings, EventState, Promoter,
-    PromoterOptions, TicketId, TicketState, UserId,
+    AdmissionError, AdmissionStore, BulkOutcome, Clock, EventId, EventSettings, EventState,
+    Promoter, PromoterOptions, Release, TicketId, TicketState, UserId,
 };
 
 use crate::common::T0;
@@ -56,7 +55,10 @@ conformance!(
     bulk_release_ends_each_ticket_once_and_refills,
 );
 
-async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
+async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(
+    s: Arc<S>,
+    _c: Clock,
+) {
     let e = ev("concert");
     let cfg = s.configure(&e, &settings(2)).await.expect("configure");
     assert!(cfg.created);
@@ -64,20 +66,32 @@ async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(s
     for i in 0..5 {
         let j = s.join(&e, None).await.expect("join");
         assert!(j.created);
-        assert_eq!(j.ticket.seq, i + 1, "sequence numbers are assigned in join order");
+        assert_eq!(
+            j.ticket.seq,
+            i + 1,
+            "sequence numbers are assigned in join order"
+        );
         tickets.push(j.ticket);
     }
     assert_eq!(tickets[0].state, TicketState::Admitted);
     assert_eq!(tickets[1].state, TicketState::Admitted);
     for (i, t) in tickets[2..].iter().enumerate() {
         assert_eq!(t.state, TicketState::Waiting);
-        assert_eq!(t.ahead, Some(i as u64), "people ahead = waiting tickets with a lower sequence");
+        assert_eq!(
+            t.ahead,
+            Some(i as u64),
+            "people ahead = waiting tickets with a lower sequence"
+        );
     }
     let ids: HashSet<&str> = tickets.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids.len(), 5, "ticket ids are distinct");
     let info = s.event(&e).await.expect("event");
     assert_eq!((info.joined, info.waiting, info.admitted), (5, 3, 2));
-    assert_eq!(s.promote(&e).await.expect("promote"), 0, "full: nothing to admit");
+    assert_eq!(
+        s.promote(&e).await.expect("promote"),
+        0,
+        "full: nothing to admit"
+    );
     let t4 = s.ticket(&e, &tickets[4].id).await.expect("read");
     assert_eq!(t4.ahead, Some(2));
 }
@@ -92,7 +106,11 @@ async fn join_is_idempotent_per_user_while_live<S: AdmissionStore>(s: Arc<S>, _c
     assert!(!a2.created);
     assert_eq!(a1.ticket.id, a2.ticket.id);
     assert_eq!(a2.ticket.seq, 1);
-    assert_eq!(s.event(&e).await.expect("event").joined, 1, "no second sequence number taken");
+    assert_eq!(
+        s.event(&e).await.expect("event").joined,
+        1,
+        "no second sequence number taken"
+    );
     assert_eq!(a1.ticket.user.as_ref(), Some(&alice));
     // After the ticket ends, the same user joins anew.
     s.complete(&e, &a1.ticket.id).await.expect("complete");
@@ -113,15 +131,24 @@ async fn complete_admits_next_in_the_same_step<S: AdmissionStore>(s: Arc<S>, _c:
     assert!(r.changed);
     assert_eq!(r.admitted_next, 1);
     assert_eq!(r.ticket.state, TicketState::Completed);
-    assert_eq!(s.ticket(&e, &b.id).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(
+        s.ticket(&e, &b.id).await.expect("read").state,
+        TicketState::Admitted
+    );
     // Completing twice changes nothing and admits nobody.
     let again = s.complete(&e, &a.id).await.expect("complete again");
     assert!(!again.changed);
     assert_eq!(again.admitted_next, 0);
     // A waiting ticket cannot complete.
     let c = s.join(&e, None).await.expect("join").ticket;
-    assert!(matches!(s.complete(&e, &c.id).await, Err(AdmissionError::Conflict(_))));
-    assert_eq!(s.ticket(&e, &c.id).await.expect("read").state, TicketState::Waiting);
+    assert!(matches!(
+        s.complete(&e, &c.id).await,
+        Err(AdmissionError::Conflict(_))
+    ));
+    assert_eq!(
+        s.ticket(&e, &c.id).await.expect("read").state,
+        TicketState::Waiting
+    );
 }
 
 async fn expiry_frees_each_slot_exactly_once<S: AdmissionStore>(s: Arc<S>, c: Clock) {
@@ -135,7 +162,11 @@ async fn expiry_frees_each_slot_exactly_once<S: AdmissionStore>(s: Arc<S>, c: Cl
     let t = s.tick(&e).await.expect("tick");
     assert_eq!((t.expired, t.admitted), (2, 2));
     let t = s.tick(&e).await.expect("tick again");
-    assert_eq!((t.expired, t.admitted), (0, 0), "each slot freed exactly once");
+    assert_eq!(
+        (t.expired, t.admitted),
+        (0, 0),
+        "each slot freed exactly once"
+    );
     for id in &ts[..2] {
         let r = s.ticket(&e, id).await.expect("read");
         assert_eq!(r.state, TicketState::Expired);
@@ -151,7 +182,10 @@ async fn expiry_frees_each_slot_exactly_once<S: AdmissionStore>(s: Arc<S>, c: Cl
     c.advance(10_000);
     let t = s.tick(&e).await.expect("tick");
     assert_eq!(t.expired, 1);
-    assert_eq!(s.ticket(&e, &ts[2]).await.expect("read").state, TicketState::Completed);
+    assert_eq!(
+        s.ticket(&e, &ts[2]).await.expect("read").state,
+        TicketState::Completed
+    );
 }
 
 async fn futures_join<S: AdmissionStore>(s: &Arc<S>, e: &EventId, n: usize) -> Vec<TicketId> {
@@ -176,8 +210,15 @@ async fn abandon_drops_silent_waiters_only<S: AdmissionStore>(s: Arc<S>, c: Cloc
     c.advance(1_000);
     let t = s.tick(&e).await.expect("tick");
     assert_eq!(t.abandoned, 1, "only the silent waiter is dropped");
-    assert_eq!(s.ticket(&e, &ts[0]).await.expect("read").state, TicketState::Admitted, "admitted tickets have no presence rule");
-    assert_eq!(s.ticket(&e, &ts[1]).await.expect("read").state, TicketState::Abandoned);
+    assert_eq!(
+        s.ticket(&e, &ts[0]).await.expect("read").state,
+        TicketState::Admitted,
+        "admitted tickets have no presence rule"
+    );
+    assert_eq!(
+        s.ticket(&e, &ts[1]).await.expect("read").state,
+        TicketState::Abandoned
+    );
     let t2 = s.ticket(&e, &ts[2]).await.expect("read");
     assert_eq!((t2.state, t2.ahead), (TicketState::Waiting, Some(0)));
     // A plain read is not presence; a heartbeat is.
@@ -195,13 +236,26 @@ async fn lowering_capacity_evicts_nobody<S: AdmissionStore>(s: Arc<S>, _c: Clock
     let r = s.configure(&e, &settings(1)).await.expect("lower");
     assert!(!r.created);
     let info = s.event(&e).await.expect("event");
-    assert_eq!((info.admitted, info.waiting, info.settings.capacity), (3, 2, 1));
+    assert_eq!(
+        (info.admitted, info.waiting, info.settings.capacity),
+        (3, 2, 1)
+    );
     s.complete(&e, &ts[0]).await.expect("complete");
-    assert_eq!(s.event(&e).await.expect("event").admitted, 2, "still above capacity: nobody admitted");
+    assert_eq!(
+        s.event(&e).await.expect("event").admitted,
+        2,
+        "still above capacity: nobody admitted"
+    );
     s.complete(&e, &ts[1]).await.expect("complete");
     let r = s.complete(&e, &ts[2]).await.expect("complete");
-    assert_eq!(r.admitted_next, 1, "below capacity again: admission resumes");
-    assert_eq!(s.ticket(&e, &ts[3]).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(
+        r.admitted_next, 1,
+        "below capacity again: admission resumes"
+    );
+    assert_eq!(
+        s.ticket(&e, &ts[3]).await.expect("read").state,
+        TicketState::Admitted
+    );
     let raised = s.configure(&e, &settings(5)).await.expect("raise");
     assert_eq!(raised.admitted, 1, "raising capacity admits at once");
 }
@@ -223,8 +277,15 @@ async fn pause_resume_and_close<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
         ..settings(2)
     };
     s.configure(&e, &closed).await.expect("close");
-    assert!(matches!(s.join(&e, None).await, Err(AdmissionError::EventClosed(_))));
-    assert_eq!(s.event(&e).await.expect("event").joined, 3, "a refused join takes no number");
+    assert!(matches!(
+        s.join(&e, None).await,
+        Err(AdmissionError::EventClosed(_))
+    ));
+    assert_eq!(
+        s.event(&e).await.expect("event").joined,
+        3,
+        "a refused join takes no number"
+    );
     let r = s.complete(&e, &ts[0]).await.expect("complete");
     assert_eq!(r.admitted_next, 1, "a closed event still drains its queue");
 }
@@ -238,14 +299,22 @@ async fn rate_limits_admissions<S: AdmissionStore>(s: Arc<S>, c: Clock) {
     };
     s.configure(&e, &limited).await.expect("configure");
     futures_join(&s, &e, 5).await;
-    assert_eq!(s.event(&e).await.expect("event").admitted, 1, "one token: one admission");
+    assert_eq!(
+        s.event(&e).await.expect("event").admitted,
+        1,
+        "one token: one admission"
+    );
     assert_eq!(s.promote(&e).await.expect("promote"), 0);
     c.advance(999);
     assert_eq!(s.promote(&e).await.expect("promote"), 0);
     c.advance(1);
     assert_eq!(s.promote(&e).await.expect("promote"), 1);
     c.advance(10_000);
-    assert_eq!(s.tick(&e).await.expect("tick").admitted, 1, "the bucket holds one second's worth");
+    assert_eq!(
+        s.tick(&e).await.expect("tick").admitted,
+        1,
+        "the bucket holds one second's worth"
+    );
     assert_eq!(s.event(&e).await.expect("event").admitted, 3);
 }
 
@@ -257,7 +326,10 @@ async fn registry_tracks_active_events_by_itself<S: AdmissionStore>(s: Arc<S>, _
     for sh in 0..s.shard_count() {
         lists.push(s.active_events(sh).await.expect("active"));
     }
-    assert!(!in_registry(lists), "a configured event with no tickets is not active");
+    assert!(
+        !in_registry(lists),
+        "a configured event with no tickets is not active"
+    );
     let a = s.join(&e, None).await.expect("join").ticket;
     let b = s.join(&e, None).await.expect("join").ticket;
     let mut lists = Vec::new();
@@ -277,50 +349,134 @@ async fn registry_tracks_active_events_by_itself<S: AdmissionStore>(s: Arc<S>, _
     for sh in 0..s.shard_count() {
         all.extend(s.events(sh).await.expect("events"));
     }
-    assert!(all.contains(&e), "the catalogue still lists the configured event");
+    assert!(
+        all.contains(&e),
+        "the catalogue still lists the configured event"
+    );
 }
 
 async fn bad_input_changes_nothing<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
-    for bad in ["", "a{b", "a}b", "a:b", "a b", "tab\tx", "nul\0x", "ctl\u{7}", "ü", &"x".repeat(65)] {
-        assert!(matches!(EventId::new(bad), Err(AdmissionError::InvalidInput(_))), "{bad:?} must be refused");
+    for bad in [
+        "",
+        "a{b",
+        "a}b",
+        "a:b",
+        "a b",
+        "tab\tx",
+        "nul\0x",
+        "ctl\u{7}",
+        "ü",
+        &"x".repeat(65),
+    ] {
+        assert!(
+            matches!(EventId::new(bad), Err(AdmissionError::InvalidInput(_))),
+            "{bad:?} must be refused"
+        );
     }
     for bad in ["", "a b", "x\ny", &"u".repeat(129)] {
-        assert!(matches!(UserId::new(bad), Err(AdmissionError::InvalidInput(_))));
+        assert!(matches!(
+            UserId::new(bad),
+            Err(AdmissionError::InvalidInput(_))
+        ));
     }
     for bad in ["", "zz", &"g".repeat(32), &"A".repeat(32), &"a".repeat(33)] {
-        assert!(matches!(TicketId::parse(bad), Err(AdmissionError::InvalidInput(_))));
+        assert!(matches!(
+            TicketId::parse(bad),
+            Err(AdmissionError::InvalidInput(_))
+        ));
     }
     let e = ev("bad");
     s.configure(&e, &settings(2)).await.expect("configure");
     let before = s.event(&e).await.expect("event");
     let broken = [
-        EventSettings { capacity: 0, ..settings(2) },
-        EventSettings { capacity: 10_000_001, ..settings(2) },
-        EventSettings { session_ttl_ms: 0, ..settings(2) },
-        EventSettings { session_ttl_ms: u64::MAX, ..settings(2) },
-        EventSettings { abandon_timeout_ms: 1, ..settings(2) },
-        EventSettings { rate_per_minute: Some(0), ..settings(2) },
-        EventSettings { retention_ms: 0, ..settings(2) },
+        EventSettings {
+            capacity: 0,
+            ..settings(2)
+        },
+        EventSettings {
+            capacity: 10_000_001,
+            ..settings(2)
+        },
+        EventSettings {
+            session_ttl_ms: 0,
+            ..settings(2)
+        },
+        EventSettings {
+            session_ttl_ms: u64::MAX,
+            ..settings(2)
+        },
+        EventSettings {
+            abandon_timeout_ms: 1,
+            ..settings(2)
+        },
+        EventSettings {
+            rate_per_minute: Some(0),
+            ..settings(2)
+        },
+        EventSettings {
+            retention_ms: 0,
+            ..settings(2)
+        },
     ];
     for b in &broken {
-        assert!(matches!(s.configure(&e, b).await, Err(AdmissionError::InvalidInput(_))), "{b:?}");
+        assert!(
+            matches!(
+                s.configure(&e, b).await,
+                Err(AdmissionError::InvalidInput(_))
+            ),
+            "{b:?}"
+        );
     }
-    assert_eq!(s.event(&e).await.expect("event"), before, "refused settings changed nothing");
+    assert_eq!(
+        s.event(&e).await.expect("event"),
+        before,
+        "refused settings changed nothing"
+    );
     let unknown = ev("nope");
-    assert!(matches!(s.join(&unknown, None).await, Err(AdmissionError::UnknownEvent(_))));
-    assert!(matches!(s.event(&unknown).await, Err(AdmissionError::UnknownEvent(_))));
-    assert!(matches!(s.configure(&unknown, &broken[0]).await, Err(AdmissionError::InvalidInput(_))));
-    assert!(matches!(s.event(&unknown).await, Err(AdmissionError::UnknownEvent(_))), "no event created by bad settings");
+    assert!(matches!(
+        s.join(&unknown, None).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    assert!(matches!(
+        s.event(&unknown).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    assert!(matches!(
+        s.configure(&unknown, &broken[0]).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
+    assert!(
+        matches!(
+            s.event(&unknown).await,
+            Err(AdmissionError::UnknownEvent(_))
+        ),
+        "no event created by bad settings"
+    );
     // A ticket of another event is unknown here.
     let other = ev("other");
     s.configure(&other, &settings(1)).await.expect("configure");
     let t = s.join(&other, None).await.expect("join").ticket;
-    assert!(matches!(s.ticket(&e, &t.id).await, Err(AdmissionError::UnknownTicket)));
-    assert!(matches!(s.complete(&e, &t.id).await, Err(AdmissionError::UnknownTicket)));
-    assert!(matches!(s.leave(&e, &t.id).await, Err(AdmissionError::UnknownTicket)));
-    assert_eq!(s.ticket(&other, &t.id).await.expect("read").state, TicketState::Admitted);
+    assert!(matches!(
+        s.ticket(&e, &t.id).await,
+        Err(AdmissionError::UnknownTicket)
+    ));
+    assert!(matches!(
+        s.complete(&e, &t.id).await,
+        Err(AdmissionError::UnknownTicket)
+    ));
+    assert!(matches!(
+        s.leave(&e, &t.id).await,
+        Err(AdmissionError::UnknownTicket)
+    ));
+    assert_eq!(
+        s.ticket(&other, &t.id).await.expect("read").state,
+        TicketState::Admitted
+    );
     let never = TicketId::generate();
-    assert!(matches!(s.heartbeat(&e, &never).await, Err(AdmissionError::UnknownTicket)));
+    assert!(matches!(
+        s.heartbeat(&e, &never).await,
+        Err(AdmissionError::UnknownTicket)
+    ));
     assert_eq!(s.event(&e).await.expect("event"), before);
 }
 
@@ -336,10 +492,16 @@ async fn final_tickets_are_retained_then_purged<S: AdmissionStore>(s: Arc<S>, c:
     s.leave(&e, &t.id).await.expect("leave");
     c.advance(59_999);
     s.tick(&e).await.expect("tick");
-    assert_eq!(s.ticket(&e, &t.id).await.expect("still readable").state, TicketState::Left);
+    assert_eq!(
+        s.ticket(&e, &t.id).await.expect("still readable").state,
+        TicketState::Left
+    );
     c.advance(1);
     assert_eq!(s.tick(&e).await.expect("tick").purged, 1);
-    assert!(matches!(s.ticket(&e, &t.id).await, Err(AdmissionError::UnknownTicket)));
+    assert!(matches!(
+        s.ticket(&e, &t.id).await,
+        Err(AdmissionError::UnknownTicket)
+    ));
     assert_eq!(s.event(&e).await.expect("event").finished, 0);
     let again = s.join(&e, Some(&u)).await.expect("join");
     assert!(again.created);
@@ -365,7 +527,10 @@ async fn entry_stream_records_every_admission<S: AdmissionStore>(s: Arc<S>, c: C
     assert_eq!(mine[0].expires_at_ms, T0 + 10_000);
     assert_eq!(mine[2].ticket, ts[1].as_str());
     assert_eq!(mine[2].admitted_at_ms, T0 + 10_000);
-    let after = s.entry_records(shard, &mine[1].entry_id, 100).await.expect("records");
+    let after = s
+        .entry_records(shard, &mine[1].entry_id, 100)
+        .await
+        .expect("records");
     assert_eq!(after.iter().filter(|r| r.event == "stream").count(), 2);
 }
 
@@ -378,10 +543,16 @@ async fn leave_and_revoke_free_slots<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
     assert_eq!(s.ticket(&e, &ts[3]).await.expect("read").ahead, Some(1));
     let r = s.revoke(&e, &ts[0]).await.expect("revoke admitted");
     assert_eq!((r.ticket.state, r.admitted_next), (TicketState::Revoked, 1));
-    assert_eq!(s.ticket(&e, &ts[1]).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(
+        s.ticket(&e, &ts[1]).await.expect("read").state,
+        TicketState::Admitted
+    );
     let r = s.leave(&e, &ts[1]).await.expect("leave admitted");
     assert_eq!(r.admitted_next, 1);
-    assert!(matches!(s.revoke(&e, &ts[2]).await, Err(AdmissionError::Conflict(_))), "final states are final");
+    assert!(
+        matches!(s.revoke(&e, &ts[2]).await, Err(AdmissionError::Conflict(_))),
+        "final states are final"
+    );
     let info = s.event(&e).await.expect("event");
     assert_eq!((info.admitted, info.waiting, info.finished), (1, 0, 3));
 }
@@ -396,8 +567,14 @@ async fn promoter_admits_at_the_ttl_instant<S: AdmissionStore>(s: Arc<S>, c: Clo
     c.advance(10_000);
     let t = p.due_round().await.expect("round");
     assert_eq!((t.expired, t.admitted), (1, 1));
-    assert_eq!(s.ticket(&e, &ts[1]).await.expect("read").state, TicketState::Admitted);
-    assert_eq!(s.next_due().await.expect("due").map(|d| d >= T0 + 10_000), Some(true));
+    assert_eq!(
+        s.ticket(&e, &ts[1]).await.expect("read").state,
+        TicketState::Admitted
+    );
+    assert_eq!(
+        s.next_due().await.expect("due").map(|d| d >= T0 + 10_000),
+        Some(true)
+    );
 }
 
 async fn many_events_spread_over_shards<S: AdmissionStore>(s: Arc<S>, c: Clock) {
@@ -409,7 +586,11 @@ async fn many_events_spread_over_shards<S: AdmissionStore>(s: Arc<S>, c: Clock) 
     c.advance(10_000);
     let p = Promoter::new(s.clone(), PromoterOptions::default());
     let t = p.due_round().await.expect("round");
-    assert_eq!((t.expired, t.admitted), (40, 40), "every due event got its pass");
+    assert_eq!(
+        (t.expired, t.admitted),
+        (40, 40),
+        "every due event got its pass"
+    );
     let t = p.sweep().await.expect("sweep");
     assert_eq!(t.admitted, 0);
     let mut active = 0;
@@ -426,10 +607,22 @@ async fn bulk_release_ends_each_ticket_once_and_refills<S: AdmissionStore>(s: Ar
     let other = ev("bulk-other");
     s.configure(&other, &settings(1)).await.expect("configure");
     let foreign = s.join(&other, None).await.expect("join").ticket.id;
-    let batch = vec![ts[0].clone(), ts[1].clone(), ts[0].clone(), ts[4].clone(), foreign.clone()];
-    let r = s.release_many(&e, &batch, Release::Complete).await.expect("bulk complete");
+    let batch = vec![
+        ts[0].clone(),
+        ts[1].clone(),
+        ts[0].clone(),
+        ts[4].clone(),
+        foreign.clone(),
+    ];
+    let r = s
+        .release_many(&e, &batch, Release::Complete)
+        .await
+        .expect("bulk complete");
     assert_eq!(r.changed, 2);
-    assert_eq!(r.admitted_next, 2, "two slots freed, two admitted in the same step");
+    assert_eq!(
+        r.admitted_next, 2,
+        "two slots freed, two admitted in the same step"
+    );
     assert_eq!(
         r.outcomes,
         vec![
@@ -440,17 +633,39 @@ async fn bulk_release_ends_each_ticket_once_and_refills<S: AdmissionStore>(s: Ar
             BulkOutcome::Unknown,
         ]
     );
-    assert_eq!(s.ticket(&e, &ts[3]).await.expect("read").state, TicketState::Admitted);
-    assert_eq!(s.ticket(&e, &ts[4]).await.expect("read").state, TicketState::Admitted);
+    assert_eq!(
+        s.ticket(&e, &ts[3]).await.expect("read").state,
+        TicketState::Admitted
+    );
+    assert_eq!(
+        s.ticket(&e, &ts[4]).await.expect("read").state,
+        TicketState::Admitted
+    );
     assert_eq!(s.ticket(&e, &ts[5]).await.expect("read").ahead, Some(0));
-    let again = s.release_many(&e, &batch[..2], Release::Complete).await.expect("again");
+    let again = s
+        .release_many(&e, &batch[..2], Release::Complete)
+        .await
+        .expect("again");
     assert_eq!((again.changed, again.admitted_next), (0, 0));
     let info = s.event(&e).await.expect("event");
     assert_eq!((info.admitted, info.waiting, info.finished), (3, 1, 2));
-    assert!(matches!(s.release_many(&e, &[], Release::Leave).await, Err(AdmissionError::InvalidInput(_))));
+    assert!(matches!(
+        s.release_many(&e, &[], Release::Leave).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
     let too_many: Vec<TicketId> = (0..1001).map(|_| TicketId::generate()).collect();
-    assert!(matches!(s.release_many(&e, &too_many, Release::Leave).await, Err(AdmissionError::InvalidInput(_))));
-    assert_eq!(s.event(&e).await.expect("event"), info, "refused bulk calls changed nothing");
-    let left = s.release_many(&e, &[ts[5].clone(), ts[2].clone()], Release::Leave).await.expect("bulk leave");
+    assert!(matches!(
+        s.release_many(&e, &too_many, Release::Leave).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
+    assert_eq!(
+        s.event(&e).await.expect("event"),
+        info,
+        "refused bulk calls changed nothing"
+    );
+    let left = s
+        .release_many(&e, &[ts[5].clone(), ts[2].clone()], Release::Leave)
+        .await
+        .expect("bulk leave");
     assert_eq!((left.changed, left.admitted_next), (2, 0));
 }

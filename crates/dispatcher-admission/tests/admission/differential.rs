@@ -13,14 +13,40 @@ use crate::common::{self, T0};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Join { event: usize, user: Option<u8> },
-    Read { event: usize, nth: usize, touch: bool },
-    Release { event: usize, nth: usize, how: u8 },
-    ReleaseMany { event: usize, nths: Vec<usize>, how: u8 },
-    Tick { event: usize },
-    Promote { event: usize },
-    Configure { event: usize, capacity: u64, rate: Option<u64>, state: u8 },
-    Advance { ms: u64 },
+    Join {
+        event: usize,
+        user: Option<u8>,
+    },
+    Read {
+        event: usize,
+        nth: usize,
+        touch: bool,
+    },
+    Release {
+        event: usize,
+        nth: usize,
+        how: u8,
+    },
+    ReleaseMany {
+        event: usize,
+        nths: Vec<usize>,
+        how: u8,
+    },
+    Tick {
+        event: usize,
+    },
+    Promote {
+        event: usize,
+    },
+    Configure {
+        event: usize,
+        capacity: u64,
+        rate: Option<u64>,
+        state: u8,
+    },
+    Advance {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -107,7 +133,11 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
         Op::ReleaseMany { event, nths, how } => {
             let ids: Vec<TicketId> = nths
                 .iter()
-                .map(|n| side.tickets[*event].get(*n).cloned().unwrap_or_else(|| TicketId::parse(&format!("{:032x}", 0xdead_0000 + *n)).expect("hex")))
+                .map(|n| {
+                    side.tickets[*event].get(*n).cloned().unwrap_or_else(|| {
+                        TicketId::parse(&format!("{:032x}", 0xdead_0000 + *n)).expect("hex")
+                    })
+                })
                 .collect();
             let how = [Release::Complete, Release::Leave, Release::Revoke][*how as usize];
             match s.release_many(&events[*event], &ids, how).await {
@@ -133,7 +163,12 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
             Ok(n) => Seen::Count(vec![n]),
             Err(e) => err(e),
         },
-        Op::Configure { event, capacity, rate, state } => {
+        Op::Configure {
+            event,
+            capacity,
+            rate,
+            state,
+        } => {
             let st = [EventState::Open, EventState::Paused, EventState::Closed][*state as usize];
             let cfg = EventSettings {
                 capacity: *capacity,
@@ -158,20 +193,39 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
 async fn snapshot<S: AdmissionStore>(s: &Arc<S>, events: &[EventId]) -> Vec<String> {
     let mut out = Vec::new();
     for e in events {
-        out.push(format!("{:?}", s.event(e).await.map(|i| (i.joined, i.waiting, i.admitted, i.finished, i.active))));
+        out.push(format!(
+            "{:?}",
+            s.event(e)
+                .await
+                .map(|i| (i.joined, i.waiting, i.admitted, i.finished, i.active))
+        ));
     }
     out.push(format!("{:?}", s.next_due().await.ok()));
     out
 }
 
 fn run_case(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let events = [EventId::new("d-a").expect("id"), EventId::new("d-b").expect("id")];
+        let events = [
+            EventId::new("d-a").expect("id"),
+            EventId::new("d-b").expect("id"),
+        ];
         let mc = Clock::manual(T0);
         let rc = Clock::manual(T0);
-        let mut m = Side { store: common::memory(mc.clone()), clock: mc, tickets: vec![vec![], vec![]] };
-        let mut r = Side { store: common::redis(rc.clone()).await, clock: rc, tickets: vec![vec![], vec![]] };
+        let mut m = Side {
+            store: common::memory(mc.clone()),
+            clock: mc,
+            tickets: vec![vec![], vec![]],
+        };
+        let mut r = Side {
+            store: common::redis(rc.clone()).await,
+            clock: rc,
+            tickets: vec![vec![], vec![]],
+        };
         for e in &events {
             let cfg = EventSettings {
                 session_ttl_ms: 3_000,
