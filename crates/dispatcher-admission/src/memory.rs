@@ -96,6 +96,8 @@ struct Ctx<'a> {
     light: Option<(u64, u64)>,
     /// Whether the last promote reached the per-call limit (mirror of `P_LIMITED`).
     limited: bool,
+    /// Leave the due index untouched (mirror of the early return in `settle_light`).
+    keep_due: bool,
     entry: &'a mut VecDeque<EntryRecord>,
     last_entry: &'a mut (u64, u64),
 }
@@ -339,6 +341,7 @@ impl MemoryStore {
             unchanged: false,
             light: None,
             limited: false,
+            keep_due: false,
             entry: &mut inner.entry,
             last_entry: &mut inner.last_entry,
         };
@@ -347,6 +350,14 @@ impl MemoryStore {
             return Ok(out);
         }
         let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
+        if active {
+            inner.active.insert(event.clone());
+        } else {
+            inner.active.remove(event);
+        }
+        if cx.keep_due {
+            return Ok(out);
+        }
         let due = match cx.light {
             Some((extra, admitted)) => {
                 let d = ev.light_due(now, extra, admitted, cx.limited);
@@ -354,11 +365,6 @@ impl MemoryStore {
             }
             None => ev.next_due(now),
         };
-        if active {
-            inner.active.insert(event.clone());
-        } else {
-            inner.active.remove(event);
-        }
         let old_min = inner.due.first().map(|(t, _)| *t);
         if let Some(old) = inner.due_of.remove(event) {
             inner.due.remove(&(old, event.clone()));

@@ -139,13 +139,15 @@ end
 -- the earliest deadline this step may have created (ZADD LT). A due entry left too early only causes one
 -- extra pass, which runs the full settle. `extra` is a deadline the caller created; `admitted` the number
 -- admitted in this step; `maybe_empty` asks to drop the event from the registry if it has no live ticket.
-local function settle_light(cfg, extra, admitted, maybe_empty)
+-- `busy` (join only) says the event already had other live tickets: registered, with an early enough due.
+local function settle_light(cfg, extra, admitted, maybe_empty, busy)
   if cfg.rate > 0 then redis.call('HSET', K_CFG, 'tok', string.format('%.17g', cfg.tok), 'tts', cfg.tts) end
   if maybe_empty then
     if P_ADMITTED == 0 and redis.call('ZCARD', K_W) == 0 then redis.call('SREM', K_ACTIVE, EVENT) end
-  else
+  elseif not busy then
     redis.call('SADD', K_ACTIVE, EVENT)
   end
+  if busy and admitted == 0 and cfg.rate <= 0 then return end
   local due = extra
   if admitted > 0 and NOW + cfg.ttl < due then due = NOW + cfg.ttl end
   if P_LIMITED then due = NOW end

@@ -21,6 +21,6 @@ else
 end
 finish(id, r, target)
 local n = promote(cfg, tonumber(ARGV[4]))
-settle_light(cfg, NOW + cfg.retention, n, true)
+settle_light(cfg, NOW + cfg.retention, n, true, false)
 local v = view(id, r)
 return { 'OK', 1, n, unpack(v) }

@@ -43,5 +43,5 @@ end
 redis.call('HSET', K_T, unpack(hset))
 redis.call('ZADD', K_F, unpack(zadd_f))
 local n = promote(cfg, tonumber(ARGV[4]))
-settle_light(cfg, NOW + cfg.retention, n, true)
+settle_light(cfg, NOW + cfg.retention, n, true, false)
 return { 'OK', changed, n, unpack(out) }
