@@ -126,12 +126,15 @@ pub struct PoolBenchReport {
     pub jobs_total: u64,
     /// Measured length of the throughput phase, seconds.
     pub throughput_secs: f64,
-    /// Latency of one `submit` call (boxing included), sampled every 1024th call, nanoseconds.
+    /// Latency of one `submit` call (building the job included), sampled every 1024th call, ns.
     pub submit_p50_ns: u64,
     pub submit_p99_ns: u64,
     pub submit_max_ns: u64,
     /// Submit calls timed for the latency figures.
     pub submit_samples: u64,
+    /// Bytes the throughput job captures, and whether the pool had to put it on the heap.
+    pub job_capture_bytes: usize,
+    pub job_heap_allocated: bool,
 
     // ---- overload phase ----
     /// Highest RSS sampled during the overload phase, bytes.
@@ -185,8 +188,16 @@ impl fmt::Display for PoolBenchReport {
         )?;
         writeln!(
             f,
-            "throughput: {:.0} no-op jobs/s completed ({} jobs in {:.2} s, one boxed job per submit call)",
-            self.jobs_per_sec, self.jobs_total, self.throughput_secs
+            "throughput: {:.0} no-op jobs/s completed ({} jobs in {:.2} s, one job per submit call, each a closure capturing {} bytes, {})",
+            self.jobs_per_sec,
+            self.jobs_total,
+            self.throughput_secs,
+            self.job_capture_bytes,
+            if self.job_heap_allocated {
+                "heap-allocated"
+            } else {
+                "stored inline in its queue slot"
+            }
         )?;
         writeln!(
             f,
@@ -249,6 +260,8 @@ pub fn run(
         submit_p99_ns: throughput.latency.value_at_quantile(0.99),
         submit_max_ns: throughput.latency.max(),
         submit_samples: throughput.latency.len(),
+        job_capture_bytes: std::mem::size_of_val(&throughput_job(0)),
+        job_heap_allocated: dispatcher_pool::Job::new(throughput_job(0)).is_heap(),
         peak_rss_bytes: overload.rss.iter().map(|s| s.1).max().unwrap_or(0),
         start_rss_bytes: overload.rss.first().map_or(0, |s| s.1),
         end_rss_bytes: overload.rss.last().map_or(0, |s| s.1),
@@ -361,6 +374,14 @@ fn throughput_phase(
     })
 }
 
+/// The throughput phase's no-op job. It captures state (8 bytes) like a real job would, so it is
+/// not a zero-sized closure that costs nothing to store; `black_box` keeps it from being elided.
+fn throughput_job(seq: u64) -> impl FnOnce() + Send + 'static {
+    move || {
+        std::hint::black_box(seq);
+    }
+}
+
 fn throughput_producer(pool: &Pool, stop: &AtomicBool, refused: &AtomicBool) -> Histogram<u64> {
     let mut latency = latency_histogram();
     let mut seq: u64 = 0;
@@ -368,10 +389,7 @@ fn throughput_producer(pool: &Pool, stop: &AtomicBool, refused: &AtomicBool) -> 
         // Check the stop flag once per batch; every call still submits exactly one job.
         for _ in 0..LATENCY_SAMPLE_EVERY {
             seq = seq.wrapping_add(1);
-            // The job captures 8 bytes, so each submit boxes (allocates) like a real job would.
-            let job = move || {
-                std::hint::black_box(seq);
-            };
+            let job = throughput_job(seq);
             let result = if seq.is_multiple_of(LATENCY_SAMPLE_EVERY) {
                 let t = Instant::now();
                 let r = pool.submit(job);
