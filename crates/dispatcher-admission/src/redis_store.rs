@@ -1,9 +1,10 @@
-//! The Redis admission store: key layout, script invocation and reply decoding. Each operation is one
-//! Lua script (in `lua/`) touching the keys of one shard only, so it runs unchanged on Redis Cluster.
+//! The Redis admission store: key layout, the function library and its invocation, reply decoding. Each
+//! operation is one Lua function (sources in `lua/`, loaded as one Redis Functions library) touching the
+//! keys of one shard only, so it runs unchanged on Redis Cluster.
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::error::{AdmissionError, Result};
 use crate::model::{
@@ -14,8 +15,49 @@ use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, shard
 
 const LIB: &str = include_str!("lua/lib.lua");
 
-fn script(body: &str) -> Script {
-    Script::new(&format!("{LIB}\n{body}"))
+/// The operations of the library: (name, source file body).
+const OPS: [(&str, &str); 7] = [
+    ("configure", include_str!("lua/configure.lua")),
+    ("join", include_str!("lua/join.lua")),
+    ("ticket", include_str!("lua/ticket.lua")),
+    ("release", include_str!("lua/release.lua")),
+    ("release_many", include_str!("lua/release_many.lua")),
+    ("tick", include_str!("lua/tick.lua")),
+    ("event", include_str!("lua/event.lua")),
+];
+
+/// The Redis Functions library of this build: its source and versioned function names. The version is a
+/// hash of the source, so different builds sharing one Redis never call each other's functions.
+#[derive(Debug)]
+struct Library {
+    source: String,
+    version: String,
+}
+
+impl Library {
+    fn build() -> Self {
+        let mut body = String::from(LIB);
+        for (op, src) in OPS {
+            body.push_str(&format!("\nlocal function op_{op}()\n{src}\nend\n"));
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in body.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let version = format!("{:012x}", h >> 16);
+        let mut source = format!("#!lua name=dsp_{version}\n{body}\n");
+        for (op, _) in OPS {
+            source.push_str(&format!(
+                "redis.register_function('dsp_{version}_{op}', function(keys, args) bind(keys, args) return op_{op}() end)\n"
+            ));
+        }
+        Self { source, version }
+    }
+
+    fn function(&self, op: &str) -> String {
+        format!("dsp_{}_{op}", self.version)
+    }
 }
 
 /// Tuning of the Redis store.
@@ -110,21 +152,12 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-struct Scripts {
-    configure: Script,
-    join: Script,
-    ticket: Script,
-    release: Script,
-    release_many: Script,
-    tick: Script,
-    event: Script,
-}
-
 /// The admission store on Redis ≥ 7.0 or Redis Cluster.
 pub struct RedisStore {
     conn: RedisConn,
     opts: RedisStoreOptions,
-    scripts: Scripts,
+    library: Library,
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -164,15 +197,8 @@ impl RedisStore {
         Ok(Self {
             conn,
             opts,
-            scripts: Scripts {
-                configure: script(include_str!("lua/configure.lua")),
-                join: script(include_str!("lua/join.lua")),
-                ticket: script(include_str!("lua/ticket.lua")),
-                release: script(include_str!("lua/release.lua")),
-                release_many: script(include_str!("lua/release_many.lua")),
-                tick: script(include_str!("lua/tick.lua")),
-                event: script(include_str!("lua/event.lua")),
-            },
+            library: Library::build(),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -218,27 +244,57 @@ impl RedisStore {
         ])
     }
 
-    async fn run(&self, s: &Script, event: &EventId, args: &[String]) -> Result<Vec<Value>> {
-        let keys = self.keys(event);
-        let mut inv = s.prepare_invoke();
-        for k in &keys.0 {
-            inv.key(k);
+    /// Loads the function library (idempotent: an existing library of the same version is kept). On a
+    /// cluster the client sends it to every primary.
+    pub async fn load_library(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<String> = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg(&self.library.source)
+            .query_async(&mut conn)
+            .await;
+        match r {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(e.into()),
         }
+        self.loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn run(&self, op: &str, event: &EventId, args: &[String]) -> Result<Vec<Value>> {
+        if !self.loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            self.load_library().await?;
+        }
+        let keys = self.keys(event);
         let now = self
             .opts
             .clock
             .manual_now()
             .map(|n| n.to_string())
             .unwrap_or_default();
-        inv.arg(now)
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(self.library.function(op)).arg(keys.0.len());
+        for k in &keys.0 {
+            cmd.arg(k);
+        }
+        cmd.arg(now)
             .arg(event.as_str())
             .arg(self.opts.entry_stream_maxlen)
             .arg(self.opts.max_admit_per_call);
         for a in args {
-            inv.arg(a);
+            cmd.arg(a);
         }
         let mut conn = self.conn.clone();
-        let v: Value = inv.invoke_async(&mut conn).await?;
+        let v: Value = match cmd.query_async(&mut conn).await {
+            Ok(v) => v,
+            // A restarted Redis without persistence, or a new node, lacks the library: load and retry once.
+            Err(e) if e.to_string().contains("Function not found") => {
+                self.load_library().await?;
+                cmd.query_async(&mut conn).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let items = match v {
             Value::Array(items) => items,
             other => {
@@ -366,7 +422,7 @@ impl AdmissionStore for RedisStore {
         settings.validate()?;
         let items = self
             .run(
-                &self.scripts.configure,
+                "configure",
                 event,
                 &[
                     settings.capacity.to_string(),
@@ -385,7 +441,7 @@ impl AdmissionStore for RedisStore {
     }
 
     async fn event(&self, event: &EventId) -> Result<EventInfo> {
-        let items = self.run(&self.scripts.event, event, &[]).await?;
+        let items = self.run("event", event, &[]).await?;
         let state = as_string(at(&items, 5)?)?;
         let rate = as_u64(at(&items, 2)?)?;
         Ok(EventInfo {
@@ -411,7 +467,7 @@ impl AdmissionStore for RedisStore {
         let id = TicketId::generate();
         let items = self
             .run(
-                &self.scripts.join,
+                "join",
                 event,
                 &[
                     id.as_str().to_owned(),
@@ -428,7 +484,7 @@ impl AdmissionStore for RedisStore {
     async fn ticket(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
         let items = self
             .run(
-                &self.scripts.ticket,
+                "ticket",
                 event,
                 &[ticket.as_str().to_owned(), "0".into()],
             )
@@ -439,7 +495,7 @@ impl AdmissionStore for RedisStore {
     async fn heartbeat(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
         let items = self
             .run(
-                &self.scripts.ticket,
+                "ticket",
                 event,
                 &[ticket.as_str().to_owned(), "1".into()],
             )
@@ -450,7 +506,7 @@ impl AdmissionStore for RedisStore {
     async fn release(&self, event: &EventId, ticket: &TicketId, how: Release) -> Result<Released> {
         let items = self
             .run(
-                &self.scripts.release,
+                "release",
                 event,
                 &[ticket.as_str().to_owned(), how.code().to_owned()],
             )
@@ -472,7 +528,7 @@ impl AdmissionStore for RedisStore {
         let mut args = Vec::with_capacity(tickets.len() + 1);
         args.push(how.code().to_owned());
         args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
-        let items = self.run(&self.scripts.release_many, event, &args).await?;
+        let items = self.run("release_many", event, &args).await?;
         let mut outcomes = Vec::with_capacity(tickets.len());
         for v in items.iter().skip(3) {
             let code = as_string(v)?;
@@ -499,7 +555,7 @@ impl AdmissionStore for RedisStore {
     async fn promote(&self, event: &EventId) -> Result<u64> {
         let items = self
             .run(
-                &self.scripts.tick,
+                "tick",
                 event,
                 &[self.opts.tick_batch.to_string(), "1".into()],
             )
@@ -510,7 +566,7 @@ impl AdmissionStore for RedisStore {
     async fn tick(&self, event: &EventId) -> Result<Tick> {
         let items = self
             .run(
-                &self.scripts.tick,
+                "tick",
                 event,
                 &[self.opts.tick_batch.to_string(), "0".into()],
             )

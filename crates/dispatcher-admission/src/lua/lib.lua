@@ -1,5 +1,7 @@
--- Shared prelude of every admission script (prepended at build time; see redis_store.rs).
--- Every script touches only the keys of ONE shard (one hash tag), passed in this order:
+-- Shared part of the admission function library. redis_store.rs builds one Redis Functions library from this
+-- file and the operation files (configure.lua, join.lua, ...), each of which becomes one registered function
+-- whose body runs after bind(). Functions are loaded once, so helpers are not re-created on every call.
+-- Every function touches only the keys of ONE shard (one hash tag), passed in this order:
 --   KEYS[1] cfg (hash)      KEYS[2] waiting (zset seq->ticket)   KEYS[3] admitted (zset expires_ms->ticket)
 --   KEYS[4] presence (zset last_seen_ms->ticket, waiting only)   KEYS[5] tickets (hash ticket->record)
 --   KEYS[6] users (hash user->ticket)   KEYS[7] final (zset ended_ms->ticket)
@@ -9,21 +11,30 @@
 -- ARGV[4..] operation arguments.
 -- A ticket record is "S|seq|joined|admitted|expires|ended|user" with S one of
 --   Q pre-queued, W waiting, A admitted, C completed, E expired, B abandoned, L left, R revoked.
--- Every script returns a table whose first element is "OK" or an error code ("UNKNOWN_EVENT", ...).
+-- Every function returns a table whose first element is "OK" or an error code ("UNKNOWN_EVENT", ...).
 
-local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local EVENT = ARGV[2]
-local MAXLEN = tonumber(ARGV[3]) or 0
+local KEYS, ARGV
+local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS
+local EVENT, MAXLEN, NOW, NOW_S
+-- Set by promote(): the admitted count after the step, and whether the per-call limit was reached.
+local P_ADMITTED, P_LIMITED = 0, false
 
-local function clock_now()
-  local n = tonumber(ARGV[1])
-  if n ~= nil and n >= 0 then return n end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Binds one call's keys and arguments; every registered function starts with it.
+local function bind(keys, args)
+  KEYS, ARGV = keys, args
+  K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11]
+  EVENT = args[2]
+  MAXLEN = tonumber(args[3]) or 0
+  local n = tonumber(args[1])
+  if n == nil or n < 0 then
+    local t = redis.call('TIME')
+    n = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  NOW = n
+  NOW_S = string.format('%.0f', NOW)
+  P_ADMITTED, P_LIMITED = 0, false
 end
-local NOW = clock_now()
-local NOW_S = string.format('%.0f', NOW)
 
 -- Record fields stay strings (number <-> string conversions are a large part of a script's cost).
 local function parse(rec)
@@ -57,7 +68,6 @@ end
 -- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; each admission is
 -- recorded individually on the shard's entry stream. Returns the number admitted, and leaves the admitted
 -- count after the step in P_ADMITTED and whether the per-call limit was reached in P_LIMITED.
-local P_ADMITTED, P_LIMITED = 0, false
 local function promote(cfg, limit)
   P_LIMITED = false
   local card = redis.call('ZCARD', K_A)
