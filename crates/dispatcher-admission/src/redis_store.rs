@@ -109,16 +109,30 @@ impl std::fmt::Debug for RedisConn {
 }
 
 impl RedisConn {
-    /// Connects to one server by URL (`redis://`, `rediss://`).
+    /// How long a reply may take before the call fails as unavailable. Generous: one multiplexed
+    /// connection pipelines hundreds of calls, and a bulk call may wait behind all of them.
+    pub const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// How long connecting may take.
+    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+    /// Connects to one server by URL (`redis://`, `rediss://`); reconnects by itself.
     pub async fn single(url: &str) -> Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| AdmissionError::invalid(format!("bad Redis URL: {e}")))?;
-        Ok(RedisConn::Single(client.get_connection_manager().await?))
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Self::RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(Self::CONNECT_TIMEOUT));
+        Ok(RedisConn::Single(
+            client.get_connection_manager_with_config(config).await?,
+        ))
     }
 
     /// Connects to a cluster through any of its nodes.
     pub async fn cluster(nodes: &[String]) -> Result<Self> {
-        let client = redis::cluster::ClusterClient::new(nodes.to_vec())
+        let client = redis::cluster::ClusterClient::builder(nodes.to_vec())
+            .response_timeout(Self::RESPONSE_TIMEOUT)
+            .connection_timeout(Self::CONNECT_TIMEOUT)
+            .build()
             .map_err(|e| AdmissionError::invalid(format!("bad cluster node URL: {e}")))?;
         Ok(RedisConn::Cluster(client.get_async_connection().await?))
     }
@@ -258,7 +272,8 @@ impl RedisStore {
             Err(e) if e.to_string().contains("already exists") => {}
             Err(e) => return Err(e.into()),
         }
-        self.loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -483,22 +498,14 @@ impl AdmissionStore for RedisStore {
 
     async fn ticket(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
         let items = self
-            .run(
-                "ticket",
-                event,
-                &[ticket.as_str().to_owned(), "0".into()],
-            )
+            .run("ticket", event, &[ticket.as_str().to_owned(), "0".into()])
             .await?;
         ticket_from(&items, 1)
     }
 
     async fn heartbeat(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
         let items = self
-            .run(
-                "ticket",
-                event,
-                &[ticket.as_str().to_owned(), "1".into()],
-            )
+            .run("ticket", event, &[ticket.as_str().to_owned(), "1".into()])
             .await?;
         ticket_from(&items, 1)
     }
