@@ -98,6 +98,8 @@ struct Ctx<'a> {
     limited: bool,
     /// Leave the due index untouched (mirror of the early return in `settle_light`).
     keep_due: bool,
+    /// The operation changed state and then failed (a late release expiring the ticket): settle anyway.
+    settle_on_error: bool,
     entry: &'a mut VecDeque<EntryRecord>,
     last_entry: &'a mut (u64, u64),
 }
@@ -342,12 +344,16 @@ impl MemoryStore {
             light: None,
             limited: false,
             keep_due: false,
+            settle_on_error: false,
             entry: &mut inner.entry,
             last_entry: &mut inner.last_entry,
         };
-        let out = f(ev, &mut cx)?;
+        let out = f(ev, &mut cx);
+        if out.is_err() && !cx.settle_on_error {
+            return out;
+        }
         if cx.unchanged {
-            return Ok(out);
+            return out;
         }
         let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
         if active {
@@ -356,7 +362,7 @@ impl MemoryStore {
             inner.active.remove(event);
         }
         if cx.keep_due {
-            return Ok(out);
+            return out;
         }
         let due = match cx.light {
             Some((extra, admitted)) => {
@@ -376,7 +382,7 @@ impl MemoryStore {
                 self.changed.notify_one();
             }
         }
-        Ok(out)
+        out
     }
 
     fn read_ticket(&self, event: &EventId, ticket: &TicketId, touch: bool) -> Result<Ticket> {
@@ -549,6 +555,15 @@ impl AdmissionStore for MemoryStore {
                     admitted_next: 0,
                 });
             }
+            if r.state == TicketState::Admitted && r.expires <= cx.now {
+                // The session ended before this call: it expires now, as the timer would have done.
+                ev.admitted.remove(&(r.expires, ticket.clone()));
+                ev.finish(ticket, TicketState::Expired, cx.now);
+                let n = ev.promote(cx);
+                cx.light = Some((cx.now + ev.settings.retention_ms, n));
+                cx.settle_on_error = true;
+                return Err(crate::redis_store::conflict("E"));
+            }
             if r.state.is_final() || (how == Release::Complete && r.state != TicketState::Admitted)
             {
                 return Err(crate::redis_store::conflict(&r.state.code().to_string()));
@@ -590,6 +605,7 @@ impl AdmissionStore for MemoryStore {
             let mut outcomes = Vec::with_capacity(tickets.len());
             let mut seen: HashMap<&TicketId, BulkOutcome> = HashMap::new();
             let mut changed = 0u64;
+            let mut expired = 0u64;
             for id in tickets {
                 let out = if let Some(prev) = seen.get(id) {
                     if *prev == BulkOutcome::Released {
@@ -601,6 +617,12 @@ impl AdmissionStore for MemoryStore {
                     match ev.tickets.get(id).cloned() {
                         None => BulkOutcome::Unknown,
                         Some(r) if r.state == target => BulkOutcome::Already,
+                        Some(r) if r.state == TicketState::Admitted && r.expires <= cx.now => {
+                            ev.admitted.remove(&(r.expires, id.clone()));
+                            ev.finish(id, TicketState::Expired, cx.now);
+                            expired += 1;
+                            BulkOutcome::Conflict(TicketState::Expired)
+                        }
                         Some(r)
                             if r.state.is_final()
                                 || (how == Release::Complete
@@ -623,7 +645,7 @@ impl AdmissionStore for MemoryStore {
                 seen.insert(id, out);
                 outcomes.push(out);
             }
-            if changed == 0 {
+            if changed == 0 && expired == 0 {
                 cx.unchanged = true;
                 return Ok(BulkReleased {
                     changed: 0,

@@ -33,7 +33,7 @@ impl Default for PromoterOptions {
         Self {
             sweep_interval: Duration::from_secs(1),
             max_sleep: Duration::from_millis(50),
-            max_events_per_shard_round: 10_000,
+            max_events_per_shard_round: 100_000,
             concurrency: 64,
         }
     }

@@ -11,6 +11,14 @@ if r.s == target then
   local v = view(id, r)
   return { 'OK', 0, 0, unpack(v) }
 end
+if r.s == 'A' and tonumber(r.expires) <= NOW then
+  -- The session ended before this call: it expires now, exactly as the timer would have done.
+  redis.call('ZREM', K_A, id)
+  finish(id, r, 'E')
+  local n = promote(cfg, tonumber(ARGV[4]))
+  settle_light(cfg, NOW + cfg.retention, n, true, false)
+  return { 'CONFLICT', 'E' }
+end
 if r.s ~= 'W' and r.s ~= 'A' and r.s ~= 'Q' then return { 'CONFLICT', r.s } end
 if target == 'C' and r.s ~= 'A' then return { 'CONFLICT', r.s } end
 if r.s == 'A' then

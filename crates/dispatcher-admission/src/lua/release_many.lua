@@ -9,7 +9,7 @@ local ids = {}
 for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return { 'OK', 0, 0 } end
 local recs = redis.call('HMGET', K_T, unpack(ids))
-local out, seen = {}, {}
+local out, seen, changed = {}, {}, 0
 local zrem_a, zrem_w, hset, zadd_f = {}, {}, {}, {}
 for i = 1, #ids do
   local id, rec = ids[i], recs[i]
@@ -21,6 +21,13 @@ for i = 1, #ids do
     local r = parse(rec)
     if r.s == target then
       out[i] = '='
+    elseif r.s == 'A' and tonumber(r.expires) <= NOW then
+      -- The session ended before this call: it expires now, as the timer would have done.
+      zrem_a[#zrem_a + 1] = id
+      r.s = 'E'; r.ended = NOW_S
+      hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
+      zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
+      out[i] = 'XE'
     elseif (r.s ~= 'W' and r.s ~= 'A' and r.s ~= 'Q') or (target == 'C' and r.s ~= 'A') then
       out[i] = 'X' .. r.s
     else
@@ -29,12 +36,12 @@ for i = 1, #ids do
       hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
       zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
       out[i] = 'C'
+      changed = changed + 1
     end
   end
   seen[id] = out[i]
 end
-local changed = #zadd_f / 2
-if changed == 0 then return { 'OK', 0, 0, unpack(out) } end
+if #zadd_f == 0 then return { 'OK', 0, 0, unpack(out) } end
 if #zrem_a > 0 then redis.call('ZREM', K_A, unpack(zrem_a)) end
 if #zrem_w > 0 then
   redis.call('ZREM', K_W, unpack(zrem_w))

@@ -53,6 +53,7 @@ conformance!(
     promoter_admits_at_the_ttl_instant,
     many_events_spread_over_shards,
     bulk_release_ends_each_ticket_once_and_refills,
+    a_release_after_the_session_ended_expires_the_ticket,
 );
 
 async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(
@@ -668,4 +669,41 @@ async fn bulk_release_ends_each_ticket_once_and_refills<S: AdmissionStore>(s: Ar
         .await
         .expect("bulk leave");
     assert_eq!((left.changed, left.admitted_next), (2, 0));
+}
+
+async fn a_release_after_the_session_ended_expires_the_ticket<S: AdmissionStore>(
+    s: Arc<S>,
+    c: Clock,
+) {
+    let e = ev("late");
+    s.configure(&e, &settings(2)).await.expect("configure");
+    let ts = futures_join(&s, &e, 4).await;
+    c.advance(10_000);
+    // No promoter pass yet: the sessions have ended but are still recorded as admitted.
+    let r = s.complete(&e, &ts[0]).await;
+    assert!(matches!(r, Err(AdmissionError::Conflict(_))), "{r:?}");
+    let t0 = s.ticket(&e, &ts[0]).await.expect("read");
+    assert_eq!(
+        (t0.state, t0.ended_at_ms),
+        (TicketState::Expired, Some(T0 + 10_000))
+    );
+    assert_eq!(
+        s.ticket(&e, &ts[2]).await.expect("read").state,
+        TicketState::Admitted,
+        "the slot was refilled"
+    );
+    let b = s
+        .release_many(&e, &[ts[1].clone(), ts[1].clone()], Release::Complete)
+        .await
+        .expect("bulk");
+    assert_eq!(b.changed, 0);
+    assert_eq!(b.admitted_next, 1);
+    assert_eq!(
+        b.outcomes,
+        vec![BulkOutcome::Conflict(TicketState::Expired); 2]
+    );
+    let t = s.tick(&e).await.expect("tick");
+    assert_eq!(t.expired, 0, "each slot freed exactly once");
+    let info = s.event(&e).await.expect("event");
+    assert_eq!((info.admitted, info.waiting, info.finished), (2, 0, 2));
 }

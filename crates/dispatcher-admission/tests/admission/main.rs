@@ -4,3 +4,4 @@
 mod common;
 mod conformance;
 mod differential;
+mod fairness;
