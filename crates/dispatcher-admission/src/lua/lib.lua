@@ -118,6 +118,19 @@ local function finish(id, r, state)
   redis.call('ZADD', K_F, NOW_S, id)
 end
 
+-- finish() for many tickets with one HSET and one ZADD.
+local function finish_many(ids, recs, state)
+  local hset, zadd = {}, {}
+  for i = 1, #ids do
+    local r = parse(recs[i])
+    r.s = state; r.ended = NOW_S
+    hset[#hset + 1] = ids[i]; hset[#hset + 1] = pack(r)
+    zadd[#zadd + 1] = NOW_S; zadd[#zadd + 1] = ids[i]
+  end
+  redis.call('HSET', K_T, unpack(hset))
+  redis.call('ZADD', K_F, unpack(zadd))
+end
+
 -- Persist the bucket, keep the active registry and the due index in step with the event's state.
 -- Called at the end of every mutating script, so the registry changes atomically with the queue.
 local function settle(cfg)

@@ -13,14 +13,14 @@ if ARGV[6] ~= '1' then
   local ids = redis.call('ZRANGEBYSCORE', K_A, '-inf', NOW, 'LIMIT', 0, batch)
   if #ids > 0 then
     local recs = redis.call('HMGET', K_T, unpack(ids))
-    for i = 1, #ids do finish(ids[i], parse(recs[i]), 'E') end
+    finish_many(ids, recs, 'E')
     redis.call('ZREM', K_A, unpack(ids))
     expired = #ids
   end
   ids = redis.call('ZRANGEBYSCORE', K_P, '-inf', NOW - cfg.abandon, 'LIMIT', 0, batch)
   if #ids > 0 then
     local recs = redis.call('HMGET', K_T, unpack(ids))
-    for i = 1, #ids do finish(ids[i], parse(recs[i]), 'B') end
+    finish_many(ids, recs, 'B')
     redis.call('ZREM', K_P, unpack(ids))
     redis.call('ZREM', K_W, unpack(ids))
     abandoned = #ids
