@@ -31,6 +31,11 @@ impl AdmissionError {
         AdmissionError::InvalidInput(msg.into())
     }
 
+    /// The ticket's state does not allow the operation.
+    pub(crate) fn state_conflict(state: crate::model::TicketState) -> Self {
+        AdmissionError::Conflict(format!("ticket is {state:?}"))
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, AdmissionError::Unavailable(_))

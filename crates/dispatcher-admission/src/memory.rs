@@ -536,11 +536,7 @@ impl AdmissionStore for MemoryStore {
     }
 
     async fn release(&self, event: &EventId, ticket: &TicketId, how: Release) -> Result<Released> {
-        let target = match how {
-            Release::Complete => TicketState::Completed,
-            Release::Leave => TicketState::Left,
-            Release::Revoke => TicketState::Revoked,
-        };
+        let target = how.target_state();
         self.with_event(event, |ev, cx| {
             let r = ev
                 .tickets
@@ -562,11 +558,11 @@ impl AdmissionStore for MemoryStore {
                 let n = ev.promote(cx);
                 cx.light = Some((cx.now + ev.settings.retention_ms, n));
                 cx.settle_on_error = true;
-                return Err(crate::redis_store::conflict("E"));
+                return Err(AdmissionError::state_conflict(TicketState::Expired));
             }
             if r.state.is_final() || (how == Release::Complete && r.state != TicketState::Admitted)
             {
-                return Err(crate::redis_store::conflict(&r.state.code().to_string()));
+                return Err(AdmissionError::state_conflict(r.state));
             }
             if r.state == TicketState::Admitted {
                 ev.admitted.remove(&(r.expires, ticket.clone()));
@@ -596,11 +592,7 @@ impl AdmissionStore for MemoryStore {
         how: Release,
     ) -> Result<BulkReleased> {
         check_bulk(tickets)?;
-        let target = match how {
-            Release::Complete => TicketState::Completed,
-            Release::Leave => TicketState::Left,
-            Release::Revoke => TicketState::Revoked,
-        };
+        let target = how.target_state();
         self.with_event(event, |ev, cx| {
             let mut outcomes = Vec::with_capacity(tickets.len());
             let mut seen: HashMap<&TicketId, BulkOutcome> = HashMap::new();

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::future::try_join_all;
 use futures_util::stream;
 
 use crate::error::Result;
@@ -129,14 +130,15 @@ impl<S: AdmissionStore> Promoter<S> {
     /// One timer round: every event whose deadline has passed gets one bounded pass.
     pub async fn due_round(&self) -> Result<Tick> {
         let now = self.store.now_ms().await?;
-        let mut events = Vec::new();
-        for shard in 0..self.store.shard_count() {
-            events.extend(
-                self.store
-                    .due_events(shard, now, 0, self.opts.max_events_per_shard_round)
-                    .await?,
-            );
-        }
+        // All shards at once: on one multiplexed connection the queries travel as one pipeline.
+        let limit = self.opts.max_events_per_shard_round;
+        let events: Vec<EventId> = try_join_all(
+            (0..self.store.shard_count()).map(|shard| self.store.due_events(shard, now, 0, limit)),
+        )
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::PROMOTER_ROUNDS_TOTAL).increment(1);
         self.pass_all(events).await
@@ -144,10 +146,13 @@ impl<S: AdmissionStore> Promoter<S> {
 
     /// One sweep: every event in the active registry gets one bounded pass.
     pub async fn sweep(&self) -> Result<Tick> {
-        let mut events = Vec::new();
-        for shard in 0..self.store.shard_count() {
-            events.extend(self.store.active_events(shard).await?);
-        }
+        let events: Vec<EventId> = try_join_all(
+            (0..self.store.shard_count()).map(|shard| self.store.active_events(shard)),
+        )
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
         self.pass_all(events).await
     }
 

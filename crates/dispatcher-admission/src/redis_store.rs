@@ -40,12 +40,7 @@ impl Library {
         for (op, src) in OPS {
             body.push_str(&format!("\nlocal function op_{op}()\n{src}\nend\n"));
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in body.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        let version = format!("{:012x}", h >> 16);
+        let version = format!("{:012x}", crate::store::fnv1a64(body.as_bytes()) >> 16);
         let mut source = format!("#!lua name=dsp_{version}\n{body}\n");
         for (op, _) in OPS {
             source.push_str(&format!(
@@ -339,9 +334,9 @@ impl RedisStore {
     }
 }
 
-pub(crate) fn conflict(state_code: &str) -> AdmissionError {
+fn conflict(state_code: &str) -> AdmissionError {
     match TicketState::from_code(state_code) {
-        Some(s) => AdmissionError::Conflict(format!("ticket is {s:?}")),
+        Some(s) => AdmissionError::state_conflict(s),
         None => AdmissionError::Conflict(state_code.to_owned()),
     }
 }
@@ -611,23 +606,25 @@ impl AdmissionStore for RedisStore {
     }
 
     async fn next_due(&self) -> Result<Option<u64>> {
-        let mut conn = self.conn.clone();
-        let mut best: Option<u64> = None;
-        // One command per shard: on a cluster the shards live on different nodes.
-        for shard in 0..self.opts.shards {
-            let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
-                .arg(format!("{}:due", self.shard_tag(shard)))
-                .arg(0)
-                .arg(0)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
-                .await?;
-            if let Some((_, score)) = v.first() {
-                let s = *score as u64;
-                best = Some(best.map_or(s, |b| b.min(s)));
+        // One command per shard (on a cluster the shards live on different nodes), all in flight at once.
+        let heads = futures_util::future::try_join_all((0..self.opts.shards).map(|shard| {
+            let mut conn = self.conn.clone();
+            let key = format!("{}:due", self.shard_tag(shard));
+            async move {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .query_async::<Vec<(String, f64)>>(&mut conn)
+                    .await
             }
-        }
-        Ok(best)
+        }))
+        .await?;
+        Ok(heads
+            .iter()
+            .filter_map(|v| v.first().map(|(_, score)| *score as u64))
+            .min())
     }
 
     async fn active_events(&self, shard: u16) -> Result<Vec<EventId>> {

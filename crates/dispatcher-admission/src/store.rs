@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::Result;
 use crate::model::{
     BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, Joined, Released, Tick, Ticket,
-    TicketId, UserId,
+    TicketId, TicketState, UserId,
 };
 
 /// How a ticket ends when its holder or the shop ends it.
@@ -23,11 +23,21 @@ pub enum Release {
 }
 
 impl Release {
-    pub(crate) fn code(self) -> &'static str {
+    /// The final state a ticket ends in.
+    pub fn target_state(self) -> TicketState {
         match self {
-            Release::Complete => "C",
-            Release::Leave => "L",
-            Release::Revoke => "R",
+            Release::Complete => TicketState::Completed,
+            Release::Leave => TicketState::Left,
+            Release::Revoke => TicketState::Revoked,
+        }
+    }
+
+    /// The one-letter code the scripts use (the target state's code).
+    pub(crate) fn code(self) -> &'static str {
+        match self.target_state() {
+            TicketState::Completed => "C",
+            TicketState::Left => "L",
+            _ => "R",
         }
     }
 }
@@ -226,12 +236,17 @@ pub(crate) fn check_bulk(tickets: &[TicketId]) -> Result<()> {
 /// The shard of an event: FNV-1a of its id modulo the shard count. Stable across versions: changing it
 /// would strand every existing event, so it is pinned by a unit test.
 pub fn shard_of(event: &EventId, shards: u16) -> u16 {
+    (fnv1a64(event.as_str().as_bytes()) % u64::from(shards.max(1))) as u16
+}
+
+/// FNV-1a, 64 bit: stable across versions and platforms (shard mapping, library versions).
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in event.as_str().bytes() {
-        h ^= u64::from(b);
+    for b in bytes {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h % u64::from(shards.max(1))) as u16
+    h
 }
 
 #[cfg(test)]

@@ -240,35 +240,18 @@ async fn redis_facts(mut conn: RedisConn) -> (Option<String>, Option<String>) {
                 .map(|v| v.trim().to_owned())
         })
     });
-    let aof: Option<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("appendonly")
-        .query_async(&mut conn)
-        .await
-        .ok();
-    let fsync: Option<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("appendfsync")
-        .query_async(&mut conn)
-        .await
-        .ok();
-    let save: Option<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("save")
-        .query_async(&mut conn)
-        .await
-        .ok();
-    let get = |v: &Option<Vec<String>>| {
-        v.as_ref()
-            .and_then(|v| v.get(1).cloned())
-            .unwrap_or_default()
-    };
-    let persistence = format!(
-        "appendonly={} appendfsync={} save=\"{}\"",
-        get(&aof),
-        get(&fsync),
-        get(&save)
-    );
+    let mut settings = Vec::new();
+    for name in ["appendonly", "appendfsync", "save"] {
+        let v: Option<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .ok();
+        let value = v.and_then(|v| v.get(1).cloned()).unwrap_or_default();
+        settings.push(format!("{name}=\"{value}\""));
+    }
+    let persistence = settings.join(" ");
     (version, Some(persistence))
 }
 

@@ -29,10 +29,9 @@ redis.call('ZADD', K_P, NOW_S, id)
 if user ~= '' then redis.call('HSET', K_U, user, id) end
 local n = promote(cfg, tonumber(ARGV[4]))
 if n > 0 then r = parse(redis.call('HGET', K_T, id)) end
-local rank = -1
-if r.s == 'W' then rank = redis.call('ZRANK', K_W, id) end
+local rank = rank_of(id, r)
 -- Someone else already waiting or admitted means the event is registered and its due entry is no later
 -- than this waiter's abandon deadline, so the registry and due index need no write.
 local busy = rank > 0 or P_ADMITTED - n > 0
 settle_light(cfg, NOW + cfg.abandon, n, false, busy)
-return { 'OK', 1, id, r.s, r.seq, r.joined, r.admitted, r.expires, r.ended, r.user, rank }
+return { 'OK', 1, unpack(view(id, r, rank)) }

@@ -183,8 +183,13 @@ local function settle_light(cfg, extra, admitted, maybe_empty, busy)
   redis.call('ZADD', K_DUE, 'LT', due, EVENT)
 end
 
-local function view(id, r)
-  local rank = -1
-  if r.s == 'W' then rank = redis.call('ZRANK', K_W, id) or -1 end
+-- What a caller sees of a ticket; `rank` (people ahead) is looked up unless the caller already has it.
+local function rank_of(id, r)
+  if r.s == 'W' then return redis.call('ZRANK', K_W, id) or -1 end
+  return -1
+end
+
+local function view(id, r, rank)
+  if rank == nil then rank = rank_of(id, r) end
   return { id, r.s, r.seq, r.joined, r.admitted, r.expires, r.ended, r.user, rank }
 end
