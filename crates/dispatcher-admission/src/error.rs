@@ -15,6 +15,9 @@ pub enum AdmissionError {
     /// The event is closed to new joins.
     #[error("event {0} is closed")]
     EventClosed(String),
+    /// The event's queueing mode refuses new joins.
+    #[error("event {0} does not take new joins")]
+    Rejected(String),
     /// The ticket's state does not allow the operation (e.g. completing a waiting ticket).
     #[error("conflict: {0}")]
     Conflict(String),

@@ -11,9 +11,11 @@ use crate::error::{AdmissionError, Result};
 use crate::fenwick::Fenwick;
 use crate::model::{
     BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    Released, Tick, Ticket, TicketId, TicketState, UserId,
+    QueueMode, Released, Tick, Ticket, TicketId, TicketState, UserId,
 };
-use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, system_now_ms};
+use crate::store::{
+    AdmissionStore, Clock, Configured, Release, check_bulk, check_live, system_now_ms,
+};
 
 /// Tuning of the in-process store (mirrors [`crate::RedisStoreOptions`]).
 #[derive(Debug, Clone)]
@@ -109,7 +111,11 @@ impl Event {
         f64::max(1.0, self.rate() as f64 / 60.0)
     }
 
+    /// The admission rate in force (passthrough admits without it), mirror of `load_cfg`.
     fn rate(&self) -> u64 {
+        if self.settings.queue_mode == QueueMode::Passthrough {
+            return 0;
+        }
         self.settings.rate_per_minute.unwrap_or(0)
     }
 
@@ -489,6 +495,9 @@ impl AdmissionStore for MemoryStore {
                     created: false,
                 });
             }
+            if ev.settings.queue_mode == QueueMode::Reject {
+                return Err(AdmissionError::Rejected(cx.event_id.to_string()));
+            }
             if ev.tickets.contains_key(&id) {
                 return Err(AdmissionError::Conflict("ticket id collision".into()));
             }
@@ -769,6 +778,41 @@ impl AdmissionStore for MemoryStore {
             .take(count)
             .cloned()
             .collect())
+    }
+
+    async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
+        check_live(tickets)?;
+        let now = self.now();
+        let mut inner = self.inner.lock();
+        let ev = inner
+            .events
+            .get_mut(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        let mut out = Vec::with_capacity(tickets.len());
+        for id in tickets {
+            let Some(r) = ev.tickets.get(id).cloned() else {
+                out.push(None);
+                continue;
+            };
+            if r.state == TicketState::Waiting {
+                if let Some(old) = ev.last_seen.insert(id.clone(), now) {
+                    ev.presence.remove(&(old, id.clone()));
+                }
+                ev.presence.insert((now, id.clone()));
+            }
+            out.push(Some(ev.view(id, &r)));
+        }
+        Ok(out)
+    }
+
+    async fn last_entry_id(&self, _shard: u16) -> Result<String> {
+        Ok(self
+            .inner
+            .lock()
+            .entry
+            .back()
+            .map(|e| e.entry_id.clone())
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
 
     async fn changed(&self) {

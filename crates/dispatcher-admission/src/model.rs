@@ -171,6 +171,41 @@ impl EventState {
     }
 }
 
+/// How an event queues new joins (PRODUCT.md §1.1 "Queueing modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueMode {
+    /// First come, first served by the server's sequence number.
+    #[default]
+    Fifo,
+    /// Joins are admitted at once while the event is under capacity, without the admission rate; over
+    /// capacity they queue in order.
+    Passthrough,
+    /// New joins are refused with a clear answer; tickets already issued carry on.
+    Reject,
+}
+
+impl QueueMode {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueMode::Fifo => "fifo",
+            QueueMode::Passthrough => "passthrough",
+            QueueMode::Reject => "reject",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fifo" => Some(QueueMode::Fifo),
+            "passthrough" => Some(QueueMode::Passthrough),
+            "reject" => Some(QueueMode::Reject),
+            _ => None,
+        }
+    }
+}
+
 /// Limits on settings; anything outside is refused as invalid input.
 pub mod limits {
     /// Largest capacity (concurrently admitted tickets) of one event.
@@ -209,6 +244,13 @@ pub struct EventSettings {
     /// How long final tickets stay readable, ms.
     #[serde(default = "defaults::retention_ms")]
     pub retention_ms: u64,
+    /// How new joins are queued.
+    #[serde(default)]
+    pub queue_mode: QueueMode,
+    /// When the store cannot be reached, let visitors through (with a locally minted token) instead of
+    /// refusing them with 503 (the default, fail closed).
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 /// Defaults of [`EventSettings`] (seed 003's 15-minute session, 1 h retention).
@@ -238,6 +280,8 @@ impl EventSettings {
             abandon_timeout_ms: defaults::abandon_timeout_ms(),
             state: defaults::state(),
             retention_ms: defaults::retention_ms(),
+            queue_mode: QueueMode::Fifo,
+            fail_open: false,
         }
     }
 
@@ -418,6 +462,9 @@ pub struct BulkReleased {
     /// One outcome per requested ticket, in request order.
     pub outcomes: Vec<BulkOutcome>,
 }
+
+/// Most tickets one live-update read accepts.
+pub const MAX_LIVE_BATCH: usize = 1_000;
 
 /// Most tickets one bulk release accepts.
 pub const MAX_BULK_RELEASE: usize = 1_000;

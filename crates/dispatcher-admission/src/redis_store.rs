@@ -9,14 +9,14 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use crate::error::{AdmissionError, Result};
 use crate::model::{
     BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    Released, Tick, Ticket, TicketId, TicketState, UserId,
+    QueueMode, Released, Tick, Ticket, TicketId, TicketState, UserId,
 };
-use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, shard_of};
+use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, check_live, shard_of};
 
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// The operations of the library: (name, source file body).
-const OPS: [(&str, &str); 7] = [
+const OPS: [(&str, &str); 8] = [
     ("configure", include_str!("lua/configure.lua")),
     ("join", include_str!("lua/join.lua")),
     ("ticket", include_str!("lua/ticket.lua")),
@@ -24,6 +24,7 @@ const OPS: [(&str, &str); 7] = [
     ("release_many", include_str!("lua/release_many.lua")),
     ("tick", include_str!("lua/tick.lua")),
     ("event", include_str!("lua/event.lua")),
+    ("live", include_str!("lua/live.lua")),
 ];
 
 /// The Redis Functions library of this build: its source and versioned function names. The version is a
@@ -323,6 +324,7 @@ impl RedisStore {
             "UNKNOWN_EVENT" => Err(AdmissionError::UnknownEvent(event.to_string())),
             "UNKNOWN_TICKET" => Err(AdmissionError::UnknownTicket),
             "CLOSED" => Err(AdmissionError::EventClosed(event.to_string())),
+            "REJECTED" => Err(AdmissionError::Rejected(event.to_string())),
             "CONFLICT" => {
                 let what = items.get(1).map(as_string).transpose()?.unwrap_or_default();
                 Err(conflict(&what))
@@ -441,6 +443,8 @@ impl AdmissionStore for RedisStore {
                     settings.abandon_timeout_ms.to_string(),
                     settings.state.as_str().to_string(),
                     settings.retention_ms.to_string(),
+                    settings.queue_mode.as_str().to_string(),
+                    if settings.fail_open { "1" } else { "0" }.to_string(),
                 ],
             )
             .await?;
@@ -464,6 +468,12 @@ impl AdmissionStore for RedisStore {
                 state: EventState::parse(&state)
                     .ok_or_else(|| AdmissionError::Protocol(format!("bad state {state:?}")))?,
                 retention_ms: as_u64(at(&items, 6)?)?,
+                queue_mode: {
+                    let m = as_string(at(&items, 12)?)?;
+                    QueueMode::parse(&m)
+                        .ok_or_else(|| AdmissionError::Protocol(format!("bad queue mode {m:?}")))?
+                },
+                fail_open: as_string(at(&items, 13)?)? == "1",
             },
             joined: as_u64(at(&items, 7)?)?,
             waiting: as_u64(at(&items, 8)?)?,
@@ -716,6 +726,45 @@ impl AdmissionStore for RedisStore {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
+        check_live(tickets)?;
+        let mut args = Vec::with_capacity(tickets.len() + 1);
+        args.push("1".to_owned());
+        args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
+        let items = self.run("live", event, &args).await?;
+        let mut out = Vec::with_capacity(tickets.len());
+        let mut i = 1;
+        while i < items.len() {
+            if matches!(&items[i], Value::BulkString(b) if b.is_empty()) {
+                out.push(None);
+                i += 1;
+            } else {
+                out.push(Some(ticket_from(&items, i)?));
+                i += 9;
+            }
+        }
+        if out.len() != tickets.len() {
+            return Err(AdmissionError::Protocol("live reply length".into()));
+        }
+        Ok(out)
+    }
+
+    async fn last_entry_id(&self, shard: u16) -> Result<String> {
+        let mut conn = self.conn.clone();
+        let v: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(self.entry_stream_key(shard))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.into_iter()
+            .next()
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
 
     async fn changed(&self) {

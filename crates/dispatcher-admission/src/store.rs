@@ -189,6 +189,19 @@ pub trait AdmissionStore: Send + Sync + 'static {
         count: usize,
     ) -> impl Future<Output = Result<Vec<EntryRecord>>> + Send;
 
+    /// The live-update read of many tickets of one event (at most [`crate::model::MAX_LIVE_BATCH`]) in one
+    /// step: each ticket's view (`None` when unknown), recording presence for the waiting ones (an open live
+    /// connection is presence).
+    fn live(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+    ) -> impl Future<Output = Result<Vec<Option<Ticket>>>> + Send;
+
+    /// The id of the newest record on a shard's entry stream ("0-0" when empty): where a tail that wants
+    /// only new admissions starts.
+    fn last_entry_id(&self, shard: u16) -> impl Future<Output = Result<String>> + Send;
+
     /// Resolves when something may have made a deadline earlier (the in-process store signals this; the
     /// Redis store never does, so promoters bound their sleep).
     fn changed(&self) -> impl Future<Output = ()> + Send;
@@ -227,6 +240,18 @@ pub(crate) fn check_bulk(tickets: &[TicketId]) -> Result<()> {
         return Err(crate::error::AdmissionError::InvalidInput(format!(
             "a bulk release takes 1 to {} tickets, not {}",
             crate::model::MAX_BULK_RELEASE,
+            tickets.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the size of a live batch.
+pub(crate) fn check_live(tickets: &[TicketId]) -> Result<()> {
+    if tickets.len() > crate::model::MAX_LIVE_BATCH {
+        return Err(crate::error::AdmissionError::InvalidInput(format!(
+            "a live batch takes at most {} tickets, not {}",
+            crate::model::MAX_LIVE_BATCH,
             tickets.len()
         )));
     }

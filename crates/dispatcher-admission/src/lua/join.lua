@@ -17,6 +17,7 @@ if user ~= '' then
     end
   end
 end
+if cfg.mode == 'reject' then return { 'REJECTED' } end
 local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
 local r = { s = 'W', seq = string.format('%.0f', seq), joined = NOW_S, admitted = '0', expires = '0', ended = '0', user = user }
 -- 128 random bits never collide in practice; HSETNX makes sure a collision overwrites nothing.

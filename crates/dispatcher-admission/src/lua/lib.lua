@@ -47,10 +47,15 @@ local function pack(r)
 end
 
 local function load_cfg()
-  local v = redis.call('HMGET', K_CFG, 'cap', 'rate', 'ttl', 'abandon', 'state', 'retention', 'tok', 'tts')
+  local v = redis.call('HMGET', K_CFG, 'cap', 'rate', 'ttl', 'abandon', 'state', 'retention', 'tok', 'tts', 'mode')
   if not v[1] then return nil end
-  return { cap = tonumber(v[1]), rate = tonumber(v[2]) or 0, ttl = tonumber(v[3]), abandon = tonumber(v[4]),
-           state = v[5], retention = tonumber(v[6]), tok = tonumber(v[7]) or 0, tts = tonumber(v[8]) or NOW }
+  local mode = v[9] or 'fifo'
+  -- Passthrough admits while under capacity without the admission rate.
+  local rate = tonumber(v[2]) or 0
+  if mode == 'passthrough' then rate = 0 end
+  return { cap = tonumber(v[1]), rate = rate, ttl = tonumber(v[3]), abandon = tonumber(v[4]),
+           state = v[5], retention = tonumber(v[6]), tok = tonumber(v[7]) or 0, tts = tonumber(v[8]) or NOW,
+           mode = mode }
 end
 
 -- Token bucket for the optional admission rate (tickets per minute): refills continuously, holds at most

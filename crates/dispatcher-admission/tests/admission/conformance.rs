@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dispatcher_admission::{
     AdmissionError, AdmissionStore, BulkOutcome, Clock, EventId, EventSettings, EventState,
-    Promoter, PromoterOptions, Release, TicketId, TicketState, UserId,
+    Promoter, PromoterOptions, QueueMode, Release, TicketId, TicketState, UserId,
 };
 
 use crate::common::T0;
@@ -54,7 +54,157 @@ conformance!(
     many_events_spread_over_shards,
     bulk_release_ends_each_ticket_once_and_refills,
     a_release_after_the_session_ended_expires_the_ticket,
+    queue_modes_reject_and_passthrough,
+    live_reads_many_tickets_and_records_presence,
+    settings_round_trip,
 );
+
+async fn queue_modes_reject_and_passthrough<S: AdmissionStore>(s: Arc<S>, c: Clock) {
+    let e = ev("modes");
+    let limited = EventSettings {
+        rate_per_minute: Some(60),
+        ..settings(3)
+    };
+    s.configure(&e, &limited).await.expect("configure");
+    let user = UserId::new("u-1").expect("user");
+    let first = s.join(&e, Some(&user)).await.expect("join");
+    assert_eq!(
+        first.ticket.state,
+        TicketState::Admitted,
+        "the bucket starts with one token"
+    );
+    let second = s.join(&e, None).await.expect("join");
+    assert_eq!(
+        second.ticket.state,
+        TicketState::Waiting,
+        "the rate holds the second"
+    );
+    // Passthrough: admitted at once while under capacity, without the rate.
+    let pass = EventSettings {
+        queue_mode: QueueMode::Passthrough,
+        ..limited.clone()
+    };
+    let r = s.configure(&e, &pass).await.expect("passthrough");
+    assert_eq!(
+        r.admitted, 1,
+        "the waiter goes through when the rate no longer applies"
+    );
+    let third = s.join(&e, None).await.expect("join");
+    assert_eq!(third.ticket.state, TicketState::Admitted);
+    let fourth = s.join(&e, None).await.expect("join");
+    assert_eq!(
+        fourth.ticket.state,
+        TicketState::Waiting,
+        "capacity still holds"
+    );
+    // Reject: no new joins, existing tickets carry on, a live ticket of the same user is returned.
+    let reject = EventSettings {
+        queue_mode: QueueMode::Reject,
+        ..limited.clone()
+    };
+    s.configure(&e, &reject).await.expect("reject");
+    let before = s.event(&e).await.expect("event");
+    assert!(matches!(
+        s.join(&e, None).await,
+        Err(AdmissionError::Rejected(_))
+    ));
+    let again = s.join(&e, Some(&user)).await.expect("same user");
+    assert!(!again.created);
+    assert_eq!(again.ticket.id, first.ticket.id);
+    let after = s.event(&e).await.expect("event");
+    assert_eq!(
+        before.joined, after.joined,
+        "a refused join takes no number"
+    );
+    c.advance(1_000); // one token of the admission rate, which applies again
+    let r = s.complete(&e, &first.ticket.id).await.expect("complete");
+    assert_eq!(
+        r.admitted_next, 1,
+        "a rejecting event still drains its queue"
+    );
+}
+
+async fn live_reads_many_tickets_and_records_presence<S: AdmissionStore>(s: Arc<S>, c: Clock) {
+    let e = ev("live");
+    let quick = EventSettings {
+        abandon_timeout_ms: 5_000,
+        ..settings(1)
+    };
+    s.configure(&e, &quick).await.expect("configure");
+    let ts = futures_join(&s, &e, 4).await;
+    let unknown = TicketId::parse(&"ab".repeat(16)).expect("hex");
+    let mut ask = ts.clone();
+    ask.push(unknown);
+    let v = s.live(&e, &ask).await.expect("live");
+    assert_eq!(v.len(), 5);
+    assert_eq!(v[0].as_ref().map(|t| t.state), Some(TicketState::Admitted));
+    for (i, t) in v[1..4].iter().enumerate() {
+        let t = t.as_ref().expect("known");
+        assert_eq!(t.state, TicketState::Waiting);
+        assert_eq!(
+            t.ahead,
+            Some(i as u64),
+            "position is the exact number ahead"
+        );
+    }
+    assert!(v[4].is_none(), "an unknown ticket reads as None");
+    // Presence: tickets 1 and 2 are kept alive by the live pass, ticket 3 is not.
+    c.advance(3_000);
+    s.live(&e, &ts[1..3]).await.expect("live");
+    c.advance(3_000);
+    let t = s.tick(&e).await.expect("tick");
+    assert_eq!(
+        t.abandoned, 1,
+        "only the waiter without presence is dropped"
+    );
+    let v = s.live(&e, &ts).await.expect("live");
+    assert_eq!(v[3].as_ref().map(|t| t.state), Some(TicketState::Abandoned));
+    assert_eq!(v[2].as_ref().and_then(|t| t.ahead), Some(1));
+    let too_many: Vec<TicketId> = (0..=dispatcher_admission::MAX_LIVE_BATCH)
+        .map(|i| TicketId::parse(&format!("{i:032x}")).expect("hex"))
+        .collect();
+    assert!(matches!(
+        s.live(&e, &too_many).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        s.live(&ev("nope"), &ts).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    // The entry stream's newest id is where a tail of new admissions starts.
+    let shard = dispatcher_admission::shard_of(&e, s.shard_count());
+    let last = s.last_entry_id(shard).await.expect("last id");
+    assert!(
+        s.entry_records(shard, &last, 10)
+            .await
+            .expect("records")
+            .is_empty()
+    );
+    s.complete(&e, &ts[0]).await.expect("complete");
+    let new = s.entry_records(shard, &last, 10).await.expect("records");
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].ticket, ts[1].as_str());
+}
+
+async fn settings_round_trip<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
+    let e = ev("roundtrip");
+    let cfg = EventSettings {
+        rate_per_minute: Some(120),
+        queue_mode: QueueMode::Passthrough,
+        fail_open: true,
+        state: EventState::Paused,
+        ..settings(7)
+    };
+    s.configure(&e, &cfg).await.expect("configure");
+    assert_eq!(s.event(&e).await.expect("event").settings, cfg);
+    let back = EventSettings {
+        queue_mode: QueueMode::Fifo,
+        fail_open: false,
+        ..cfg
+    };
+    s.configure(&e, &back).await.expect("configure");
+    assert_eq!(s.event(&e).await.expect("event").settings, back);
+}
 
 async fn join_orders_by_sequence_and_admits_within_capacity<S: AdmissionStore>(
     s: Arc<S>,

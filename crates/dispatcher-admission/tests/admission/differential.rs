@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use dispatcher_admission::{
-    AdmissionError, AdmissionStore, Clock, EventId, EventSettings, EventState, Release, Ticket,
-    TicketId, UserId,
+    AdmissionError, AdmissionStore, Clock, EventId, EventSettings, EventState, QueueMode, Release,
+    Ticket, TicketId, UserId,
 };
 use proptest::prelude::*;
 
@@ -43,6 +43,11 @@ enum Op {
         capacity: u64,
         rate: Option<u64>,
         state: u8,
+        mode: u8,
+    },
+    Live {
+        event: usize,
+        nths: Vec<usize>,
     },
     Advance {
         ms: u64,
@@ -58,8 +63,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(event, nths, how)| Op::ReleaseMany { event, nths, how }),
         2 => (0..2usize).prop_map(|event| Op::Tick { event }),
         1 => (0..2usize).prop_map(|event| Op::Promote { event }),
-        1 => (0..2usize, 1..4u64, proptest::option::of(30..200u64), 0..3u8)
-            .prop_map(|(event, capacity, rate, state)| Op::Configure { event, capacity, rate, state }),
+        1 => (0..2usize, 1..4u64, proptest::option::of(30..200u64), 0..3u8, prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(event, capacity, rate, state, mode)| Op::Configure { event, capacity, rate, state, mode }),
+        1 => (0..2usize, proptest::collection::vec(0..12usize, 0..5))
+            .prop_map(|(event, nths)| Op::Live { event, nths }),
         3 => prop_oneof![Just(1u64), Just(500), Just(1_000), Just(2_999), Just(5_000)].prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -70,6 +77,7 @@ enum Seen {
     Ticket(Option<Ticket>, bool, u64),
     Err(String),
     Count(Vec<u64>),
+    Live(Vec<Option<Ticket>>),
 }
 
 fn norm(t: &Ticket) -> Ticket {
@@ -130,6 +138,20 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
                 Err(e) => err(e),
             }
         }
+        Op::Live { event, nths } => {
+            let ids: Vec<TicketId> = nths
+                .iter()
+                .map(|n| {
+                    side.tickets[*event].get(*n).cloned().unwrap_or_else(|| {
+                        TicketId::parse(&format!("{:032x}", 0xdead_0000 + *n)).expect("hex")
+                    })
+                })
+                .collect();
+            match s.live(&events[*event], &ids).await {
+                Ok(v) => Seen::Live(v.iter().map(|t| t.as_ref().map(norm)).collect()),
+                Err(e) => err(e),
+            }
+        }
         Op::ReleaseMany { event, nths, how } => {
             let ids: Vec<TicketId> = nths
                 .iter()
@@ -168,6 +190,7 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
             capacity,
             rate,
             state,
+            mode,
         } => {
             let st = [EventState::Open, EventState::Paused, EventState::Closed][*state as usize];
             let cfg = EventSettings {
@@ -177,6 +200,9 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
                 abandon_timeout_ms: 4_000,
                 state: st,
                 retention_ms: 6_000,
+                queue_mode: [QueueMode::Fifo, QueueMode::Passthrough, QueueMode::Reject]
+                    [*mode as usize],
+                fail_open: *mode == 1,
             };
             match s.configure(&events[*event], &cfg).await {
                 Ok(c) => Seen::Count(vec![u64::from(c.created), c.admitted]),
