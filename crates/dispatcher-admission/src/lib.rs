@@ -14,7 +14,8 @@ pub use error::{AdmissionError, Result};
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
     BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    MAX_BULK_RELEASE, Released, Tick, Ticket, TicketId, TicketState, UserId,
+    MAX_BULK_RELEASE, MAX_LIVE_BATCH, QueueMode, Released, Tick, Ticket, TicketId, TicketState,
+    UserId,
 };
 pub use promoter::{Promoter, PromoterOptions, PromoterStats};
 pub use redis_store::{RedisConn, RedisStore, RedisStoreOptions};
