@@ -13,9 +13,9 @@ pub mod telemetry;
 pub use error::{AdmissionError, Result};
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
-    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    MAX_BULK_RELEASE, MAX_LIVE_BATCH, QueueMode, Released, Tick, Ticket, TicketId, TicketState,
-    UserId,
+    BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,
+    EventState, EventTotals, Joined, MAX_BULK_RELEASE, MAX_LIVE_BATCH, MAX_REVOCATIONS, QueueMode,
+    Released, Revocation, Tick, Ticket, TicketId, TicketState, UserId,
 };
 pub use promoter::{Promoter, PromoterOptions, PromoterStats};
 pub use redis_store::{RedisConn, RedisStore, RedisStoreOptions};

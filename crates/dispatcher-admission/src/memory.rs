@@ -10,8 +10,9 @@ use tokio::sync::Notify;
 use crate::error::{AdmissionError, Result};
 use crate::fenwick::Fenwick;
 use crate::model::{
-    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    QueueMode, Released, Tick, Ticket, TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,
+    EventState, EventTotals, Joined, MAX_REVOCATIONS, QueueMode, Released, Revocation, Tick,
+    Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{
     AdmissionStore, Clock, Configured, Release, check_bulk, check_live, system_now_ms,
@@ -66,6 +67,9 @@ struct Event {
     tickets: HashMap<TicketId, Rec>,
     users: HashMap<UserId, TicketId>,
     finals: BTreeSet<(u64, TicketId)>,
+    totals: EventTotals,
+    /// Tickets revoked while admitted, by token expiry (mirror of the `rv` zset).
+    revoked: BTreeSet<(u64, TicketId)>,
 }
 
 #[derive(Debug, Default)]
@@ -159,7 +163,11 @@ impl Event {
     }
 
     fn finish(&mut self, id: &TicketId, state: TicketState, now: u64) {
+        self.totals.count_final(state, 1);
         if let Some(r) = self.tickets.get_mut(id) {
+            if state == TicketState::Revoked && r.state == TicketState::Admitted {
+                self.revoked.insert((r.expires, id.clone()));
+            }
             r.state = state;
             r.ended = now;
         }
@@ -211,6 +219,7 @@ impl Event {
         if self.rate() > 0 {
             self.tok = Some(self.tok.unwrap_or(0.0) - count as f64);
         }
+        self.totals.admitted += count;
         cx.limited = count > 0 && count == cx.limit;
         count
     }
@@ -281,6 +290,7 @@ impl Event {
             admitted: self.admitted.len() as u64,
             finished: self.finals.len() as u64,
             active,
+            totals: self.totals,
         }
     }
 }
@@ -449,6 +459,8 @@ impl AdmissionStore for MemoryStore {
                         tickets: HashMap::new(),
                         users: HashMap::new(),
                         finals: BTreeSet::new(),
+                        totals: EventTotals::default(),
+                        revoked: BTreeSet::new(),
                     },
                 );
                 true
@@ -717,6 +729,7 @@ impl AdmissionStore for MemoryStore {
                 }
             }
             out.purged = old.len() as u64;
+            ev.revoked = ev.revoked.split_off(&(now + 1, TicketId::min_value()));
             out.admitted = ev.promote(cx);
             Ok(out)
         });
@@ -803,6 +816,49 @@ impl AdmissionStore for MemoryStore {
             out.push(Some(ev.view(id, &r)));
         }
         Ok(out)
+    }
+
+    async fn revocations(&self, event: &EventId) -> Result<Vec<Revocation>> {
+        let now = self.now();
+        let inner = self.inner.lock();
+        let ev = inner
+            .events
+            .get(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        Ok(ev
+            .revoked
+            .iter()
+            .filter(|(exp, _)| *exp > now)
+            .take(MAX_REVOCATIONS)
+            .map(|(exp, id)| Revocation {
+                ticket: id.to_string(),
+                expires_at_ms: *exp,
+            })
+            .collect())
+    }
+
+    async fn delete_event(&self, event: &EventId, force: bool) -> Result<DeletedEvent> {
+        let mut inner = self.inner.lock();
+        let ev = inner
+            .events
+            .get(event)
+            .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+        let live = ev.waiting.len() + ev.admitted.len();
+        if live > 0 && !force {
+            return Err(AdmissionError::Conflict(format!(
+                "event has {live} waiting or admitted tickets"
+            )));
+        }
+        let tickets = ev.tickets.len() as u64;
+        inner.events.remove(event);
+        inner.active.remove(event);
+        if let Some(d) = inner.due_of.remove(event) {
+            inner.due.remove(&(d, event.clone()));
+        }
+        Ok(DeletedEvent {
+            event: event.to_string(),
+            tickets,
+        })
     }
 
     async fn last_entry_id(&self, _shard: u16) -> Result<String> {

@@ -105,6 +105,11 @@ impl TicketId {
         Self(format!("{:032x}", rand::random::<u128>()))
     }
 
+    /// The smallest id in sort order (a range bound; not a valid ticket).
+    pub fn min_value() -> Self {
+        Self(String::new())
+    }
+
     /// Validates and wraps a ticket id given by a client.
     pub fn parse(id: &str) -> Result<Self, AdmissionError> {
         if id.len() != 32
@@ -499,6 +504,61 @@ pub struct EventInfo {
     pub finished: u64,
     /// Whether the event is in its shard's active registry.
     pub active: bool,
+    /// Cumulative counts since the event was created.
+    pub totals: EventTotals,
+}
+
+/// Cumulative counts of an event: admissions and tickets ended, by final state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EventTotals {
+    /// Tickets admitted.
+    pub admitted: u64,
+    /// Tickets completed.
+    pub completed: u64,
+    /// Sessions expired.
+    pub expired: u64,
+    /// Waiters abandoned.
+    pub abandoned: u64,
+    /// Tickets left.
+    pub left: u64,
+    /// Tickets revoked.
+    pub revoked: u64,
+}
+
+impl EventTotals {
+    /// Counts one ticket reaching `state`.
+    pub fn count_final(&mut self, state: TicketState, n: u64) {
+        match state {
+            TicketState::Completed => self.completed += n,
+            TicketState::Expired => self.expired += n,
+            TicketState::Abandoned => self.abandoned += n,
+            TicketState::Left => self.left += n,
+            TicketState::Revoked => self.revoked += n,
+            TicketState::PreQueued | TicketState::Waiting | TicketState::Admitted => {}
+        }
+    }
+}
+
+/// A token that must no longer be honoured: its ticket was revoked while admitted. Listed until the
+/// token's own expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    /// The ticket id (the token's `jti`).
+    pub ticket: String,
+    /// The token's expiry (session end), ms.
+    pub expires_at_ms: u64,
+}
+
+/// Most revocations one read returns.
+pub const MAX_REVOCATIONS: usize = 100_000;
+
+/// The result of deleting an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeletedEvent {
+    /// The event.
+    pub event: String,
+    /// Tickets (of every state) deleted with it.
+    pub tickets: u64,
 }
 
 /// One admission as recorded on a shard's entry stream.

@@ -5,18 +5,20 @@
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use std::collections::HashMap;
 
 use crate::error::{AdmissionError, Result};
 use crate::model::{
-    BulkOutcome, BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, EventState, Joined,
-    QueueMode, Released, Tick, Ticket, TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,
+    EventState, EventTotals, Joined, MAX_REVOCATIONS, QueueMode, Released, Revocation, Tick,
+    Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, check_live, shard_of};
 
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// The operations of the library: (name, source file body).
-const OPS: [(&str, &str); 8] = [
+const OPS: [(&str, &str); 10] = [
     ("configure", include_str!("lua/configure.lua")),
     ("join", include_str!("lua/join.lua")),
     ("ticket", include_str!("lua/ticket.lua")),
@@ -25,6 +27,8 @@ const OPS: [(&str, &str); 8] = [
     ("tick", include_str!("lua/tick.lua")),
     ("event", include_str!("lua/event.lua")),
     ("live", include_str!("lua/live.lua")),
+    ("revocations", include_str!("lua/revocations.lua")),
+    ("delete", include_str!("lua/delete.lua")),
 ];
 
 /// The Redis Functions library of this build: its source and versioned function names. The version is a
@@ -180,7 +184,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Key names of one shard and event.
-struct EventKeys([String; 11]);
+struct EventKeys([String; 12]);
 
 impl RedisStore {
     /// A store over an open connection.
@@ -251,6 +255,7 @@ impl RedisStore {
             format!("{tag}:due"),
             format!("{tag}:entry"),
             format!("{tag}:events"),
+            format!("{e}:rv"),
         ])
     }
 
@@ -412,6 +417,51 @@ fn ticket_from(items: &[Value], from: usize) -> Result<Ticket> {
     })
 }
 
+/// Decodes stream entries (`XRANGE` reply, or one stream of an `XREAD` reply) into entry records.
+fn parse_entries(v: Value) -> Result<Vec<EntryRecord>> {
+    let Value::Array(entries) = v else {
+        return Err(AdmissionError::Protocol(
+            "XRANGE reply is not an array".into(),
+        ));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let Value::Array(parts) = e else {
+            return Err(AdmissionError::Protocol("bad stream entry".into()));
+        };
+        let id = as_string(at(&parts, 0)?)?;
+        let Value::Array(fields) = at(&parts, 1)? else {
+            return Err(AdmissionError::Protocol("bad stream fields".into()));
+        };
+        let mut rec = EntryRecord {
+            entry_id: id,
+            event: String::new(),
+            ticket: String::new(),
+            user: String::new(),
+            seq: 0,
+            admitted_at_ms: 0,
+            expires_at_ms: 0,
+        };
+        for pair in fields.chunks(2) {
+            if pair.len() != 2 {
+                break;
+            }
+            let k = as_string(&pair[0])?;
+            match k.as_str() {
+                "e" => rec.event = as_string(&pair[1])?,
+                "t" => rec.ticket = as_string(&pair[1])?,
+                "u" => rec.user = as_string(&pair[1])?,
+                "s" => rec.seq = as_u64(&pair[1])?,
+                "at" => rec.admitted_at_ms = as_u64(&pair[1])?,
+                "exp" => rec.expires_at_ms = as_u64(&pair[1])?,
+                _ => {}
+            }
+        }
+        out.push(rec);
+    }
+    Ok(out)
+}
+
 impl AdmissionStore for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
@@ -474,6 +524,14 @@ impl AdmissionStore for RedisStore {
                         .ok_or_else(|| AdmissionError::Protocol(format!("bad queue mode {m:?}")))?
                 },
                 fail_open: as_string(at(&items, 13)?)? == "1",
+            },
+            totals: EventTotals {
+                admitted: as_u64(at(&items, 14)?)?,
+                completed: as_u64(at(&items, 15)?)?,
+                expired: as_u64(at(&items, 16)?)?,
+                abandoned: as_u64(at(&items, 17)?)?,
+                left: as_u64(at(&items, 18)?)?,
+                revoked: as_u64(at(&items, 19)?)?,
             },
             joined: as_u64(at(&items, 7)?)?,
             waiting: as_u64(at(&items, 8)?)?,
@@ -685,47 +743,7 @@ impl AdmissionStore for RedisStore {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        let Value::Array(entries) = v else {
-            return Err(AdmissionError::Protocol(
-                "XRANGE reply is not an array".into(),
-            ));
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let Value::Array(parts) = e else {
-                return Err(AdmissionError::Protocol("bad stream entry".into()));
-            };
-            let id = as_string(at(&parts, 0)?)?;
-            let Value::Array(fields) = at(&parts, 1)? else {
-                return Err(AdmissionError::Protocol("bad stream fields".into()));
-            };
-            let mut rec = EntryRecord {
-                entry_id: id,
-                event: String::new(),
-                ticket: String::new(),
-                user: String::new(),
-                seq: 0,
-                admitted_at_ms: 0,
-                expires_at_ms: 0,
-            };
-            for pair in fields.chunks(2) {
-                if pair.len() != 2 {
-                    break;
-                }
-                let k = as_string(&pair[0])?;
-                match k.as_str() {
-                    "e" => rec.event = as_string(&pair[1])?,
-                    "t" => rec.ticket = as_string(&pair[1])?,
-                    "u" => rec.user = as_string(&pair[1])?,
-                    "s" => rec.seq = as_u64(&pair[1])?,
-                    "at" => rec.admitted_at_ms = as_u64(&pair[1])?,
-                    "exp" => rec.expires_at_ms = as_u64(&pair[1])?,
-                    _ => {}
-                }
-            }
-            out.push(rec);
-        }
-        Ok(out)
+        parse_entries(v)
     }
 
     async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
@@ -749,6 +767,101 @@ impl AdmissionStore for RedisStore {
             return Err(AdmissionError::Protocol("live reply length".into()));
         }
         Ok(out)
+    }
+
+    async fn entry_records_many(
+        &self,
+        cursors: &[(u16, String)],
+        count: usize,
+    ) -> Result<Vec<Vec<EntryRecord>>> {
+        if cursors.is_empty() {
+            return Ok(Vec::new());
+        }
+        if matches!(self.conn, RedisConn::Cluster(_)) {
+            // Streams of different shards live in different slots: one read per shard, all in flight.
+            return futures_util::future::try_join_all(
+                cursors
+                    .iter()
+                    .map(|(shard, after)| self.entry_records(*shard, after, count)),
+            )
+            .await;
+        }
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(count).arg("STREAMS");
+        for (shard, _) in cursors {
+            cmd.arg(self.entry_stream_key(*shard));
+        }
+        for (_, after) in cursors {
+            cmd.arg(if after.is_empty() {
+                "0-0"
+            } else {
+                after.as_str()
+            });
+        }
+        let mut conn = self.conn.clone();
+        let v: Value = cmd.query_async(&mut conn).await?;
+        let mut by_key: HashMap<String, Vec<EntryRecord>> = HashMap::new();
+        match v {
+            Value::Nil => {}
+            Value::Array(streams) => {
+                for st in streams {
+                    let Value::Array(mut kv) = st else {
+                        return Err(AdmissionError::Protocol("bad XREAD stream".into()));
+                    };
+                    if kv.len() != 2 {
+                        return Err(AdmissionError::Protocol("bad XREAD stream".into()));
+                    }
+                    let entries = kv.pop().unwrap_or(Value::Nil);
+                    let key = as_string(at(&kv, 0)?)?;
+                    by_key.insert(key, parse_entries(entries)?);
+                }
+            }
+            Value::Map(pairs) => {
+                for (k, entries) in pairs {
+                    by_key.insert(as_string(&k)?, parse_entries(entries)?);
+                }
+            }
+            other => {
+                return Err(AdmissionError::Protocol(format!(
+                    "unexpected XREAD reply {other:?}"
+                )));
+            }
+        }
+        Ok(cursors
+            .iter()
+            .map(|(shard, _)| {
+                by_key
+                    .remove(&self.entry_stream_key(*shard))
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn revocations(&self, event: &EventId) -> Result<Vec<Revocation>> {
+        let items = self
+            .run("revocations", event, &[MAX_REVOCATIONS.to_string()])
+            .await?;
+        let mut out = Vec::with_capacity(items.len() / 2);
+        for pair in items[1..].chunks(2) {
+            if pair.len() != 2 {
+                return Err(AdmissionError::Protocol("revocations reply length".into()));
+            }
+            out.push(Revocation {
+                ticket: as_string(&pair[0])?,
+                expires_at_ms: as_u64(&pair[1])?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn delete_event(&self, event: &EventId, force: bool) -> Result<DeletedEvent> {
+        let items = self
+            .run("delete", event, &[if force { "1" } else { "0" }.to_owned()])
+            .await?;
+        Ok(DeletedEvent {
+            event: event.to_string(),
+            tickets: as_u64(at(&items, 1)?)?,
+        })
     }
 
     async fn last_entry_id(&self, shard: u16) -> Result<String> {

@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::model::{
-    BulkReleased, EntryRecord, EventId, EventInfo, EventSettings, Joined, Released, Tick, Ticket,
-    TicketId, TicketState, UserId,
+    BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings, Joined, Released,
+    Revocation, Tick, Ticket, TicketId, TicketState, UserId,
 };
 
 /// How a ticket ends when its holder or the shop ends it.
@@ -197,6 +197,36 @@ pub trait AdmissionStore: Send + Sync + 'static {
         event: &EventId,
         tickets: &[TicketId],
     ) -> impl Future<Output = Result<Vec<Option<Ticket>>>> + Send;
+
+    /// Tickets revoked while admitted whose tokens have not expired yet (the list a shop polls), soonest
+    /// expiry first.
+    fn revocations(&self, event: &EventId) -> impl Future<Output = Result<Vec<Revocation>>> + Send;
+
+    /// Deletes an event with all its tickets. Without `force`, an event with waiting or admitted tickets
+    /// is refused (conflict).
+    fn delete_event(
+        &self,
+        event: &EventId,
+        force: bool,
+    ) -> impl Future<Output = Result<DeletedEvent>> + Send;
+
+    /// [`entry_records`](Self::entry_records) of many shards at once, each after its own id; one round trip
+    /// where the store allows (one `XREAD` over all streams on a single Redis). Returns one list per
+    /// cursor, in order.
+    fn entry_records_many(
+        &self,
+        cursors: &[(u16, String)],
+        count: usize,
+    ) -> impl Future<Output = Result<Vec<Vec<EntryRecord>>>> + Send {
+        async move {
+            futures_util::future::try_join_all(
+                cursors
+                    .iter()
+                    .map(|(shard, after)| self.entry_records(*shard, after, count)),
+            )
+            .await
+        }
+    }
 
     /// The id of the newest record on a shard's entry stream ("0-0" when empty): where a tail that wants
     /// only new admissions starts.

@@ -7,6 +7,7 @@
 --   KEYS[6] users (hash user->ticket)   KEYS[7] final (zset ended_ms->ticket)
 --   KEYS[8] shard active registry (set)  KEYS[9] shard due index (zset event->ms)
 --   KEYS[10] shard entry stream          KEYS[11] shard event catalogue (set)
+--   KEYS[12] revoked (zset token expiry ms->ticket: tickets revoked while admitted, until their token expires)
 -- ARGV[1] now in ms ("" = use the server clock), ARGV[2] event id, ARGV[3] entry stream MAXLEN (~, 0 = none),
 -- ARGV[4..] operation arguments.
 -- A ticket record is "S|seq|joined|admitted|expires|ended|user" with S one of
@@ -14,7 +15,7 @@
 -- Every function returns a table whose first element is "OK" or an error code ("UNKNOWN_EVENT", ...).
 
 local KEYS, ARGV
-local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS
+local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV
 local EVENT, MAXLEN, NOW, NOW_S
 -- Set by promote(): the admitted count after the step, and whether the per-call limit was reached.
 local P_ADMITTED, P_LIMITED = 0, false
@@ -22,8 +23,8 @@ local P_ADMITTED, P_LIMITED = 0, false
 -- Binds one call's keys and arguments; every registered function starts with it.
 local function bind(keys, args)
   KEYS, ARGV = keys, args
-  K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS =
-    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11]
+  K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11], keys[12]
   EVENT = args[2]
   MAXLEN = tonumber(args[3]) or 0
   local n = tonumber(args[1])
@@ -110,21 +111,26 @@ local function promote(cfg, limit)
   redis.call('HSET', K_T, unpack(hset))
   redis.call('ZADD', K_A, unpack(zadd))
   redis.call('ZREM', K_P, unpack(ids))
+  redis.call('HINCRBY', K_CFG, 'n_A', count)
   if cfg.rate > 0 then cfg.tok = cfg.tok - count end
   P_ADMITTED = card + count
   P_LIMITED = (count == limit)
   return count
 end
 
--- Move a ticket to a final state and index it for purging after the retention window.
+-- Move a ticket to a final state and index it for purging after the retention window. Counts the state in
+-- the event's totals; a ticket revoked while admitted is listed until its token expires.
 local function finish(id, r, state)
+  if state == 'R' and r.s == 'A' then redis.call('ZADD', K_RV, r.expires, id) end
+  redis.call('HINCRBY', K_CFG, 'n_' .. state, 1)
   r.s = state; r.ended = NOW_S
   redis.call('HSET', K_T, id, pack(r))
   redis.call('ZADD', K_F, NOW_S, id)
 end
 
--- finish() for many tickets with one HSET and one ZADD.
+-- finish() for many tickets with one HSET and one ZADD (expiry and abandon only: no revocations).
 local function finish_many(ids, recs, state)
+  redis.call('HINCRBY', K_CFG, 'n_' .. state, #ids)
   local hset, zadd = {}, {}
   for i = 1, #ids do
     local r = parse(recs[i])

@@ -10,7 +10,8 @@ for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return { 'OK', 0, 0 } end
 local recs = redis.call('HMGET', K_T, unpack(ids))
 local out, seen, changed = {}, {}, 0
-local zrem_a, zrem_w, hset, zadd_f = {}, {}, {}, {}
+local zrem_a, zrem_w, hset, zadd_f, rv = {}, {}, {}, {}, {}
+local expired = 0
 for i = 1, #ids do
   local id, rec = ids[i], recs[i]
   if seen[id] then
@@ -28,10 +29,12 @@ for i = 1, #ids do
       hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
       zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
       out[i] = 'XE'
+      expired = expired + 1
     elseif (r.s ~= 'W' and r.s ~= 'A' and r.s ~= 'Q') or (target == 'C' and r.s ~= 'A') then
       out[i] = 'X' .. r.s
     else
       if r.s == 'A' then zrem_a[#zrem_a + 1] = id else zrem_w[#zrem_w + 1] = id end
+      if r.s == 'A' and target == 'R' then rv[#rv + 1] = r.expires; rv[#rv + 1] = id end
       r.s = target; r.ended = NOW_S
       hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
       zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
@@ -49,6 +52,9 @@ if #zrem_w > 0 then
 end
 redis.call('HSET', K_T, unpack(hset))
 redis.call('ZADD', K_F, unpack(zadd_f))
+if #rv > 0 then redis.call('ZADD', K_RV, unpack(rv)) end
+if changed > 0 then redis.call('HINCRBY', K_CFG, 'n_' .. target, changed) end
+if expired > 0 then redis.call('HINCRBY', K_CFG, 'n_E', expired) end
 local n = promote(cfg, tonumber(ARGV[4]))
 settle_light(cfg, NOW + cfg.retention, n, true, false)
 return { 'OK', changed, n, unpack(out) }

@@ -38,6 +38,7 @@ if ARGV[6] ~= '1' then
     redis.call('ZREM', K_F, unpack(ids))
     purged = #ids
   end
+  redis.call('ZREMRANGEBYSCORE', K_RV, '-inf', NOW)
 end
 local n = promote(cfg, tonumber(ARGV[4]))
 settle(cfg)

@@ -57,7 +57,96 @@ conformance!(
     queue_modes_reject_and_passthrough,
     live_reads_many_tickets_and_records_presence,
     settings_round_trip,
+    totals_revocations_and_delete,
 );
+
+async fn totals_revocations_and_delete<S: AdmissionStore>(s: Arc<S>, c: Clock) {
+    let e = ev("totals");
+    let cfg = EventSettings {
+        session_ttl_ms: 10_000,
+        abandon_timeout_ms: 60_000,
+        ..settings(2)
+    };
+    s.configure(&e, &cfg).await.expect("configure");
+    let ts = futures_join(&s, &e, 6).await;
+    s.revoke(&e, &ts[0]).await.expect("revoke admitted");
+    s.revoke(&e, &ts[5]).await.expect("revoke waiting");
+    s.complete(&e, &ts[1]).await.expect("complete");
+    s.leave(&e, &ts[4]).await.expect("leave");
+    let bulk = s
+        .release_many(&e, &ts[2..4], Release::Revoke)
+        .await
+        .expect("bulk revoke");
+    assert_eq!(bulk.changed, 2);
+    let info = s.event(&e).await.expect("event");
+    assert_eq!(info.totals.admitted, 4, "0, 1, then 2 and 3 got in");
+    assert_eq!(info.totals.completed, 1);
+    assert_eq!(info.totals.left, 1);
+    assert_eq!(info.totals.revoked, 4);
+    // Only tickets revoked while admitted are listed (their tokens exist), soonest expiry first.
+    let rv = s.revocations(&e).await.expect("revocations");
+    let listed: Vec<&str> = rv.iter().map(|r| r.ticket.as_str()).collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.contains(&ts[0].as_str()));
+    assert!(listed.contains(&ts[2].as_str()) && listed.contains(&ts[3].as_str()));
+    assert!(
+        !listed.contains(&ts[5].as_str()),
+        "a waiting ticket had no token"
+    );
+    assert!(
+        rv.windows(2)
+            .all(|w| w[0].expires_at_ms <= w[1].expires_at_ms)
+    );
+    // Expiry: a session that ends counts, and revoked tokens leave the list once expired.
+    let more = futures_join(&s, &e, 1).await;
+    c.advance(10_001);
+    let t = s.tick(&e).await.expect("tick");
+    assert_eq!(t.expired, 1);
+    assert_eq!(s.event(&e).await.expect("event").totals.expired, 1);
+    assert!(
+        s.revocations(&e).await.expect("revocations").is_empty(),
+        "expired tokens need no listing"
+    );
+    // Delete: refused with live tickets unless forced, then the event is gone everywhere.
+    let other = futures_join(&s, &e, 1).await;
+    assert_eq!(
+        s.ticket(&e, &other[0]).await.expect("ticket").state,
+        TicketState::Admitted
+    );
+    let before = s.event(&e).await.expect("event");
+    assert!(matches!(
+        s.delete_event(&e, false).await,
+        Err(AdmissionError::Conflict(_))
+    ));
+    assert_eq!(
+        s.event(&e).await.expect("still there"),
+        before,
+        "a refused delete changes nothing"
+    );
+    let d = s.delete_event(&e, true).await.expect("forced delete");
+    assert_eq!(d.tickets, 8);
+    assert!(matches!(
+        s.event(&e).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    assert!(matches!(
+        s.ticket(&e, &more[0]).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    let shard = dispatcher_admission::shard_of(&e, s.shard_count());
+    assert!(!s.events(shard).await.expect("events").contains(&e));
+    assert!(!s.active_events(shard).await.expect("active").contains(&e));
+    assert!(matches!(
+        s.delete_event(&e, true).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    // Re-created from scratch.
+    s.configure(&e, &cfg).await.expect("re-create");
+    let info = s.event(&e).await.expect("event");
+    assert_eq!((info.joined, info.totals.admitted), (0, 0));
+    // An empty event deletes without force.
+    assert_eq!(s.delete_event(&e, false).await.expect("delete").tickets, 0);
+}
 
 async fn queue_modes_reject_and_passthrough<S: AdmissionStore>(s: Arc<S>, c: Clock) {
     let e = ev("modes");
