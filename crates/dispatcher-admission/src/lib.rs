@@ -3,6 +3,7 @@
 
 pub mod error;
 mod fenwick;
+pub mod forwarder;
 pub mod memory;
 pub mod model;
 pub mod promoter;
@@ -11,6 +12,9 @@ pub mod store;
 pub mod telemetry;
 
 pub use error::{AdmissionError, Result};
+pub use forwarder::{
+    ForwardStats, Forwarder, ForwarderOptions, ForwarderTotals, ShardLag, TokenMinter,
+};
 pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
     BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,

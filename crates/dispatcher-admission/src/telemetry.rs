@@ -12,3 +12,19 @@ pub const PURGED_TOTAL: &str = "dispatcher_admission_purged_total";
 pub const PROMOTER_ROUNDS_TOTAL: &str = "dispatcher_admission_promoter_rounds_total";
 /// Promoter rounds that failed on a store error.
 pub const PROMOTER_ERRORS_TOTAL: &str = "dispatcher_admission_promoter_errors_total";
+
+/// Dispatch messages written by the forwarder.
+pub const FORWARDER_FORWARDED_TOTAL: &str = "dispatcher_forwarder_forwarded_total";
+/// Entries the forwarder took over from a consumer's pending list (`XAUTOCLAIM`) and forwarded again.
+pub const FORWARDER_RECLAIMED_TOTAL: &str = "dispatcher_forwarder_reclaimed_total";
+/// Malformed or unmintable entries the forwarder acknowledged without a dispatch message.
+pub const FORWARDER_POISON_TOTAL: &str = "dispatcher_forwarder_poison_total";
+/// Pending entries found deleted from their entry stream (their admission may not have been dispatched).
+pub const FORWARDER_PENDING_DELETED_TOTAL: &str = "dispatcher_forwarder_pending_deleted_total";
+/// Forwarder rounds that failed (and were retried after a backoff).
+pub const FORWARDER_ERRORS_TOTAL: &str = "dispatcher_forwarder_errors_total";
+/// Gauge, label `shard`: entries of the shard's entry stream the forwarder group has not finished
+/// (pending + unread).
+pub const FORWARDER_LAG: &str = "dispatcher_forwarder_lag";
+/// Failed Redis commands, label `op` (e.g. `xreadgroup`, `xadd`, `xack`).
+pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";

@@ -1,0 +1,364 @@
+//! The waiting room as people use it over HTTP: the visitor API (join, status, heartbeat, leave, complete,
+//! live updates), the admin API (events, tickets, revocations, keys), entry tokens and their JWKS, the
+//! waiting page and operator dashboard, `/openapi.json`, `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The crate knows HTTP, not Redis: every state change goes through the [`AdmissionStore`] trait.
+
+mod admin;
+pub mod error;
+mod extract;
+pub mod limits;
+pub mod live;
+pub mod openapi;
+mod pages;
+pub mod telemetry;
+pub mod tokens;
+pub mod view;
+mod visitor;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dispatcher_admission::{AdmissionStore, EventId, EventSettings, UserId};
+use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::RwLock;
+
+pub use error::{ApiError, ApiResult};
+pub use limits::{KeyedLimiter, Rate};
+pub use live::{Hub, LiveOptions};
+pub use tokens::Tokens;
+pub use view::TicketView;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// The admin bearer token; `None` disables the admin API (every admin call gets 401).
+    pub admin_token: Option<String>,
+    /// Joins per client address.
+    pub join_rate_per_ip: Rate,
+    /// Joins per user id.
+    pub join_rate_per_user: Rate,
+    /// Visitor requests of any kind per client address.
+    pub request_rate_per_ip: Rate,
+    /// Take the client address from the first `X-Forwarded-For` hop (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Largest accepted request body, bytes.
+    pub max_body_bytes: usize,
+    /// Origins the waiting page may send an admitted visitor on to (`https://shop.example`); relative
+    /// paths are always allowed.
+    pub redirect_origins: Vec<String>,
+    /// Live updates.
+    pub live: LiveOptions,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            join_rate_per_ip: Rate::new(5.0, 20.0),
+            join_rate_per_user: Rate::new(1.0, 5.0),
+            request_rate_per_ip: Rate::new(50.0, 200.0),
+            trust_forwarded_for: false,
+            max_body_bytes: 16 * 1024,
+            redirect_origins: Vec::new(),
+            live: LiveOptions::default(),
+        }
+    }
+}
+
+/// Everything the handlers share.
+pub struct App<S> {
+    /// The admission store.
+    pub store: Arc<S>,
+    /// Signing keys.
+    pub tokens: Arc<Tokens>,
+    /// Live updates.
+    pub hub: Arc<Hub<S>>,
+    /// Settings.
+    pub opts: HttpOptions,
+    join_ip: KeyedLimiter<IpAddr>,
+    join_user: KeyedLimiter<(EventId, UserId)>,
+    request_ip: KeyedLimiter<IpAddr>,
+    /// Events' settings as last seen, so a join can fail open while the store is down.
+    settings: RwLock<HashMap<EventId, EventSettings>>,
+    promoter_running: AtomicBool,
+    metrics: Option<PrometheusHandle>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl<S> std::fmt::Debug for App<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("opts.live", &self.opts.live)
+            .finish()
+    }
+}
+
+impl<S: AdmissionStore> App<S> {
+    /// The shared state over `store`.
+    pub fn new(
+        store: Arc<S>,
+        tokens: Arc<Tokens>,
+        opts: HttpOptions,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<Self> {
+        let hub = Arc::new(Hub::new(store.clone(), tokens.clone(), opts.live.clone()));
+        Arc::new(Self {
+            store,
+            tokens,
+            hub,
+            join_ip: KeyedLimiter::new(opts.join_rate_per_ip),
+            join_user: KeyedLimiter::new(opts.join_rate_per_user),
+            request_ip: KeyedLimiter::new(opts.request_rate_per_ip),
+            opts,
+            settings: RwLock::new(HashMap::new()),
+            promoter_running: AtomicBool::new(false),
+            metrics,
+            shutdown: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Ends every live stream, so a graceful shutdown is not held open by waiting visitors (their
+    /// browsers reconnect to another instance).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Tells `/readyz` whether this process's promoter runs.
+    pub fn set_promoter_running(&self, running: bool) {
+        self.promoter_running.store(running, Ordering::Relaxed);
+    }
+
+    /// Remembers an event's settings (for fail-open decisions while the store is down).
+    pub fn remember_settings(&self, event: &EventId, settings: &EventSettings) {
+        self.settings
+            .write()
+            .insert(event.clone(), settings.clone());
+    }
+
+    pub(crate) fn known_settings(&self, event: &EventId) -> Option<EventSettings> {
+        self.settings.read().get(event).cloned()
+    }
+
+    pub(crate) fn forget_settings(&self, event: &EventId) {
+        self.settings.write().remove(event);
+    }
+
+    /// Background work of the HTTP layer: live updates, key reloads, event gauges and the settings cache.
+    /// Runs until `shutdown` resolves.
+    pub async fn run_background(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let hub = self.hub.clone().run(std::future::pending());
+        let app = self.clone();
+        let upkeep = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut since_reload = 0u32;
+            loop {
+                tick.tick().await;
+                since_reload += 1;
+                if since_reload >= 5 {
+                    since_reload = 0;
+                    if let Err(e) = app.tokens.reload() {
+                        tracing::warn!(error = %e, "reloading signing keys failed; keeping the ones in force");
+                    }
+                }
+                app.refresh_events().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = hub => {}
+            _ = upkeep => {}
+        }
+    }
+
+    /// Re-reads the settings and counts of every configured event: the fail-open cache and the per-event
+    /// gauges.
+    pub async fn refresh_events(&self) {
+        let shards = self.store.shard_count();
+        let lists = futures_util::future::join_all((0..shards).map(|s| self.store.events(s))).await;
+        for list in lists {
+            let Ok(list) = list else {
+                metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => "events").increment(1);
+                continue;
+            };
+            for e in list.into_iter().take(1_000) {
+                if let Ok(info) = self.store.event(&e).await {
+                    self.remember_settings(&e, &info.settings);
+                    let label = e.to_string();
+                    metrics::gauge!(telemetry::EVENT_WAITING, "event" => label.clone())
+                        .set(info.waiting as f64);
+                    metrics::gauge!(telemetry::EVENT_ADMITTED, "event" => label)
+                        .set(info.admitted as f64);
+                }
+            }
+        }
+    }
+
+    /// The client address of a request.
+    pub(crate) fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
+        if self.opts.trust_forwarded_for
+            && let Some(ip) = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+        peer.map(|p| p.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+/// The router of the whole HTTP surface.
+pub fn router<S: AdmissionStore>(app: Arc<App<S>>) -> Router {
+    let visitor = Router::new()
+        .route("/v1/events/{event}/tickets", post(visitor::join::<S>))
+        .route(
+            "/v1/events/{event}/tickets/{ticket}",
+            get(visitor::status::<S>),
+        )
+        .route(
+            "/v1/events/{event}/tickets/{ticket}/heartbeat",
+            post(visitor::heartbeat::<S>),
+        )
+        .route(
+            "/v1/events/{event}/tickets/{ticket}/leave",
+            post(visitor::leave::<S>),
+        )
+        .route(
+            "/v1/events/{event}/tickets/{ticket}/complete",
+            post(visitor::complete::<S>),
+        )
+        .route(
+            "/v1/events/{event}/tickets/{ticket}/live",
+            get(visitor::live::<S>),
+        )
+        .route("/v1/events/{event}", get(visitor::public_event::<S>))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            visitor::limit_requests::<S>,
+        ));
+    let admin = admin::routes::<S>().layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        admin::require_admin::<S>,
+    ));
+    Router::new()
+        .merge(visitor)
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics_page::<S>))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/.well-known/jwks.json", get(jwks::<S>))
+        .merge(pages::routes::<S>())
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(app.opts.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("a request handler panicked");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+                .into_response()
+            },
+        ))
+        .with_state(app)
+}
+
+async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    metrics::counter!(
+        telemetry::HTTP_REQUESTS_TOTAL,
+        "route" => route,
+        "status" => resp.status().as_u16().to_string()
+    )
+    .increment(1);
+    resp
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(1), app.store.now_ms()).await,
+        Ok(Ok(_))
+    );
+    let promoter = app.promoter_running.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "promoter": if promoter { "running" } else { "stopped" },
+    });
+    let status = if store_ok && promoter {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_page<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
+    match &app.metrics {
+        Some(h) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "no metrics recorder is installed in this process",
+        )
+        .into_response(),
+    }
+}
+
+async fn jwks<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
+    (
+        [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(app.tokens.jwks()),
+    )
+        .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

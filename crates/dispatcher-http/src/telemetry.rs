@@ -1,0 +1,30 @@
+//! Metric names of the HTTP layer, defined in one place (seed 000's names kept where they exist).
+
+/// Admissions, by where they happened (`source`: join, release, promoter).
+pub const PROMOTIONS_TOTAL: &str = "dispatcher_promotions_total";
+/// Store errors by operation (`op`).
+pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";
+/// Time to handle a join, seconds.
+pub const JOIN_DURATION: &str = "dispatcher_join_duration_seconds";
+/// Time to handle a release (complete, leave, revoke) that may admit the next ticket, seconds.
+pub const ADMIT_DURATION: &str = "dispatcher_admit_duration_seconds";
+/// Time from a join to its admission, seconds (observed when the admission is pushed to a live stream).
+pub const QUEUE_WAIT: &str = "dispatcher_queue_wait_seconds";
+/// HTTP requests by route template and status.
+pub const HTTP_REQUESTS_TOTAL: &str = "dispatcher_http_requests_total";
+/// Requests refused by a rate limit (`scope`: ip, user).
+pub const RATE_LIMITED_TOTAL: &str = "dispatcher_rate_limited_total";
+/// Waiting tickets per event (`event`).
+pub const EVENT_WAITING: &str = "dispatcher_event_waiting";
+/// Admitted tickets per event (`event`).
+pub const EVENT_ADMITTED: &str = "dispatcher_event_admitted";
+/// Open live (SSE) connections.
+pub const SSE_CONNECTIONS: &str = "dispatcher_sse_connections";
+/// Updates pushed to live connections (`kind`: position, admitted, final).
+pub const LIVE_UPDATES_TOTAL: &str = "dispatcher_live_updates_total";
+/// Duration of one live-update pass over all watched tickets, seconds.
+pub const LIVE_PASS_DURATION: &str = "dispatcher_live_pass_duration_seconds";
+/// Entry tokens minted.
+pub const TOKENS_MINTED_TOTAL: &str = "dispatcher_tokens_minted_total";
+/// Joins let through without the store because the event fails open.
+pub const FAIL_OPEN_TOTAL: &str = "dispatcher_fail_open_total";
