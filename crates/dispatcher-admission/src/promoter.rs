@@ -121,7 +121,8 @@ impl<S: AdmissionStore> Promoter<S> {
         self.stats
             .abandoned
             .fetch_add(t.abandoned, Ordering::Relaxed);
-        metrics::counter!(telemetry::PROMOTER_ADMITTED_TOTAL).increment(t.admitted);
+        metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "promoter")
+            .increment(t.admitted);
         metrics::counter!(telemetry::EXPIRED_TOTAL).increment(t.expired);
         metrics::counter!(telemetry::ABANDONED_TOTAL).increment(t.abandoned);
         metrics::counter!(telemetry::PURGED_TOTAL).increment(t.purged);
@@ -141,7 +142,10 @@ impl<S: AdmissionStore> Promoter<S> {
         .collect();
         self.stats.rounds.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::PROMOTER_ROUNDS_TOTAL).increment(1);
-        self.pass_all(events).await
+        let started = Instant::now();
+        let r = self.pass_all(events).await;
+        metrics::histogram!(telemetry::PROMOTION_DURATION).record(started.elapsed().as_secs_f64());
+        r
     }
 
     /// One sweep: every event in the active registry gets one bounded pass.

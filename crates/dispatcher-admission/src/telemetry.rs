@@ -1,7 +1,10 @@
 //! Metric names of the admission engine, defined in one place.
 
-/// Tickets admitted by the promoter's passes (admissions inside join/complete are counted by the caller).
-pub const PROMOTER_ADMITTED_TOTAL: &str = "dispatcher_admission_promoter_admitted_total";
+/// Admissions (seed 000's name), label `source`: `promoter` here; the HTTP layer adds `join`, `release`,
+/// `configure`.
+pub const PROMOTIONS_TOTAL: &str = "dispatcher_promotions_total";
+/// Duration of one promoter round over the due events, seconds (seed 000's name).
+pub const PROMOTION_DURATION: &str = "dispatcher_promotion_duration";
 /// Admitted tickets whose session TTL passed.
 pub const EXPIRED_TOTAL: &str = "dispatcher_admission_expired_total";
 /// Waiting tickets dropped for missing presence.

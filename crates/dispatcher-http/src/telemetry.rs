@@ -1,9 +1,6 @@
 //! Metric names of the HTTP layer, defined in one place (seed 000's names kept where they exist).
 
-/// Admissions, by where they happened (`source`: join, release, promoter).
-pub const PROMOTIONS_TOTAL: &str = "dispatcher_promotions_total";
-/// Store errors by operation (`op`).
-pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";
+pub use dispatcher_admission::telemetry::{PROMOTIONS_TOTAL, REDIS_ERRORS_TOTAL};
 /// Time to handle a join, seconds.
 pub const JOIN_DURATION: &str = "dispatcher_join_duration_seconds";
 /// Time to handle a release (complete, leave, revoke) that may admit the next ticket, seconds.

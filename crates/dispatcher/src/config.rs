@@ -28,6 +28,10 @@ pub struct Config {
     pub entry_stream_maxlen: u64,
     /// Promoter tuning.
     pub promoter: PromoterConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The entry → dispatch forwarder (Redis stores only).
+    pub forwarder: ForwarderConfig,
     /// Events configured (created or updated) at start.
     pub events: Vec<EventConfig>,
 }
@@ -44,6 +48,81 @@ pub struct PromoterConfig {
     pub max_sleep_ms: u64,
     /// Event passes in flight.
     pub concurrency: usize,
+}
+
+/// The HTTP API's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whether `serve` runs the HTTP server. Env: `DISPATCHER_HTTP_ENABLED`.
+    pub enabled: bool,
+    /// Directory of the token signing keys; the first key is generated when it holds none. Env:
+    /// `DISPATCHER_KEY_DIR`.
+    pub key_dir: String,
+    /// File holding the admin bearer token. Env: `DISPATCHER_ADMIN_TOKEN_FILE` (or the token itself in
+    /// `DISPATCHER_ADMIN_TOKEN`). Without either, the admin API answers 401 to everything.
+    pub admin_token_file: Option<String>,
+    /// Joins per second per client address, and the burst. Env: `DISPATCHER_JOIN_RATE_PER_IP`.
+    pub join_rate_per_ip: f64,
+    pub join_burst_per_ip: f64,
+    /// Joins per second per user id, and the burst.
+    pub join_rate_per_user: f64,
+    pub join_burst_per_user: f64,
+    /// Visitor requests per second per client address, and the burst. Env:
+    /// `DISPATCHER_REQUEST_RATE_PER_IP`.
+    pub request_rate_per_ip: f64,
+    pub request_burst_per_ip: f64,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy). Env:
+    /// `DISPATCHER_TRUST_FORWARDED_FOR`.
+    pub trust_forwarded_for: bool,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Origins the waiting page may send admitted visitors on to.
+    pub redirect_origins: Vec<String>,
+    /// Live update pass period, ms.
+    pub live_interval_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_dir: "dispatcher-keys".into(),
+            admin_token_file: None,
+            join_rate_per_ip: 5.0,
+            join_burst_per_ip: 20.0,
+            join_rate_per_user: 1.0,
+            join_burst_per_user: 5.0,
+            request_rate_per_ip: 50.0,
+            request_burst_per_ip: 200.0,
+            trust_forwarded_for: false,
+            max_body_bytes: 16 * 1024,
+            redirect_origins: Vec::new(),
+            live_interval_ms: 1_000,
+        }
+    }
+}
+
+/// The forwarder's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwarderConfig {
+    /// Whether `serve` runs a forwarder (Redis stores only). Env: `DISPATCHER_FORWARDER_ENABLED`.
+    pub enabled: bool,
+    /// The dispatch stream's key; default `<key_prefix>:dispatch`. Env: `DISPATCHER_DISPATCH_STREAM`.
+    pub dispatch_stream: Option<String>,
+    /// Approximate MAXLEN of the dispatch stream.
+    pub dispatch_maxlen: u64,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dispatch_stream: None,
+            dispatch_maxlen: 1_000_000,
+        }
+    }
 }
 
 /// An event to configure at start.
@@ -68,6 +147,8 @@ impl Default for Config {
             log_format: "text".into(),
             entry_stream_maxlen: 1_000_000,
             promoter: PromoterConfig::default(),
+            http: HttpConfig::default(),
+            forwarder: ForwarderConfig::default(),
             events: Vec::new(),
         }
     }
@@ -137,11 +218,35 @@ impl Config {
                 .with_context(|| format!("DISPATCHER_ENTRY_STREAM_MAXLEN={v:?} is not a number"))?;
         }
         if let Some(v) = get("DISPATCHER_PROMOTER_ENABLED") {
-            self.promoter.enabled = match v.as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                other => bail!("DISPATCHER_PROMOTER_ENABLED={other:?} is not a boolean"),
-            };
+            self.promoter.enabled = parse_bool("DISPATCHER_PROMOTER_ENABLED", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_HTTP_ENABLED") {
+            self.http.enabled = parse_bool("DISPATCHER_HTTP_ENABLED", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_FORWARDER_ENABLED") {
+            self.forwarder.enabled = parse_bool("DISPATCHER_FORWARDER_ENABLED", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_TRUST_FORWARDED_FOR") {
+            self.http.trust_forwarded_for = parse_bool("DISPATCHER_TRUST_FORWARDED_FOR", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_KEY_DIR") {
+            self.http.key_dir = v;
+        }
+        if let Some(v) = get("DISPATCHER_ADMIN_TOKEN_FILE") {
+            self.http.admin_token_file = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_DISPATCH_STREAM") {
+            self.forwarder.dispatch_stream = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_JOIN_RATE_PER_IP") {
+            self.http.join_rate_per_ip = v
+                .parse()
+                .with_context(|| format!("DISPATCHER_JOIN_RATE_PER_IP={v:?} is not a number"))?;
+        }
+        if let Some(v) = get("DISPATCHER_REQUEST_RATE_PER_IP") {
+            self.http.request_rate_per_ip = v
+                .parse()
+                .with_context(|| format!("DISPATCHER_REQUEST_RATE_PER_IP={v:?} is not a number"))?;
         }
         Ok(())
     }
@@ -156,6 +261,24 @@ impl Config {
         if self.shards == 0 || self.shards > 4096 {
             bail!("shards must be between 1 and 4096");
         }
+        for (name, v) in [
+            ("http.join_rate_per_ip", self.http.join_rate_per_ip),
+            ("http.join_burst_per_ip", self.http.join_burst_per_ip),
+            ("http.join_rate_per_user", self.http.join_rate_per_user),
+            ("http.join_burst_per_user", self.http.join_burst_per_user),
+            ("http.request_rate_per_ip", self.http.request_rate_per_ip),
+            ("http.request_burst_per_ip", self.http.request_burst_per_ip),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a number ≥ 0 (0 turns the limit off), not {v}");
+            }
+        }
+        if self.http.max_body_bytes < 256 || self.http.max_body_bytes > 16 * 1024 * 1024 {
+            bail!("http.max_body_bytes must be between 256 and 16 MiB");
+        }
+        if self.http.live_interval_ms < 100 || self.http.live_interval_ms > 60_000 {
+            bail!("http.live_interval_ms must be between 100 and 60000");
+        }
         if self.promoter.concurrency == 0 {
             bail!("promoter.concurrency must be positive");
         }
@@ -166,6 +289,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn parse_bool(name: &str, v: &str) -> anyhow::Result<bool> {
+    Ok(match v {
+        "1" | "true" | "yes" | "on" => true,
+        "0" | "false" | "no" | "off" => false,
+        other => bail!("{name}={other:?} is not a boolean"),
+    })
 }
 
 #[cfg(test)]

@@ -1,27 +1,133 @@
-//! `dispatcher serve`: configures the listed events and runs the promoter until SIGTERM or Ctrl-C.
+//! `dispatcher serve`: configures the listed events, then runs the HTTP API, the promoter, the live-update
+//! hub and (on Redis) the forwarder until SIGTERM or Ctrl-C, and drains.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatcher_admission::{AdmissionStore, Promoter, PromoterOptions};
+use dispatcher_admission::{
+    AdmissionStore, EntryRecord, Forwarder, ForwarderOptions, Promoter, PromoterOptions,
+    RedisStore, TokenMinter,
+};
+use dispatcher_http::{App, HttpOptions, LiveOptions, Rate, Tokens};
+use dispatcher_token::EntryClaims;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::{open_store, redact, with_store};
+use crate::{AnyStore, open_store, redact};
+
+/// How long open requests and background tasks get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let metrics = install_metrics()?;
     let store = open_store(&cfg).await?;
     tracing::info!(
-        store = match &store { crate::AnyStore::Memory(_) => "memory", crate::AnyStore::Redis(_) => "redis" },
+        store = match &store { AnyStore::Memory(_) => "memory", AnyStore::Redis(_) => "redis" },
         redis = cfg.redis_url.as_deref().map(redact).unwrap_or_default(),
         prefix = %cfg.key_prefix,
         shards = cfg.shards,
         "dispatcher starting"
     );
-    with_store!(store, |s| serve_with(s, &cfg).await)
+    let tokens = Arc::new(
+        Tokens::from_dir(&cfg.http.key_dir)
+            .with_context(|| format!("loading signing keys from {}", cfg.http.key_dir))?,
+    );
+    match store {
+        AnyStore::Memory(s) => serve_with(s, &cfg, tokens, metrics, None).await,
+        AnyStore::Redis(s) => {
+            let forwarder = if cfg.forwarder.enabled {
+                Some(forwarder(&s, &cfg, tokens.clone())?)
+            } else {
+                None
+            };
+            serve_with(s, &cfg, tokens, metrics, forwarder).await
+        }
+    }
 }
 
-async fn serve_with<S: AdmissionStore>(store: Arc<S>, cfg: &Config) -> anyhow::Result<()> {
+/// The Prometheus recorder: histograms with buckets fit for latencies in seconds.
+fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets(&[
+            0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            5.0, 10.0, 30.0, 60.0, 300.0,
+        ])
+        .context("metric buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+fn forwarder(store: &RedisStore, cfg: &Config, tokens: Arc<Tokens>) -> anyhow::Result<Forwarder> {
+    let minter: TokenMinter = Arc::new(move |r: &EntryRecord| {
+        let user = (!r.user.is_empty()).then(|| r.user.clone());
+        tokens
+            .ring()
+            .mint(&EntryClaims::for_admission(
+                r.event.clone(),
+                user,
+                r.ticket.clone(),
+                r.admitted_at_ms,
+                r.expires_at_ms,
+            ))
+            .map_err(|e| e.to_string())
+    });
+    let opts = ForwarderOptions {
+        dispatch_stream: cfg.forwarder.dispatch_stream.clone(),
+        dispatch_maxlen: cfg.forwarder.dispatch_maxlen,
+        ..Default::default()
+    };
+    Forwarder::new(store, minter, opts).context("starting the forwarder")
+}
+
+/// The admin token from `DISPATCHER_ADMIN_TOKEN`, or the file named by the configuration.
+fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("DISPATCHER_ADMIN_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    match &cfg.http.admin_token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the admin token file {path}"))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(!t.is_empty(), "the admin token file {path} is empty");
+            anyhow::ensure!(
+                t.len() >= 16,
+                "the admin token in {path} is too short (at least 16 characters)"
+            );
+            Ok(Some(t))
+        }
+        None => Ok(None),
+    }
+}
+
+fn http_options(cfg: &Config) -> anyhow::Result<HttpOptions> {
+    let h = &cfg.http;
+    Ok(HttpOptions {
+        admin_token: admin_token(cfg)?,
+        join_rate_per_ip: Rate::new(h.join_rate_per_ip, h.join_burst_per_ip),
+        join_rate_per_user: Rate::new(h.join_rate_per_user, h.join_burst_per_user),
+        request_rate_per_ip: Rate::new(h.request_rate_per_ip, h.request_burst_per_ip),
+        trust_forwarded_for: h.trust_forwarded_for,
+        max_body_bytes: h.max_body_bytes,
+        redirect_origins: h.redirect_origins.clone(),
+        live: LiveOptions {
+            interval: Duration::from_millis(h.live_interval_ms),
+            ..Default::default()
+        },
+    })
+}
+
+async fn serve_with<S: AdmissionStore>(
+    store: Arc<S>,
+    cfg: &Config,
+    tokens: Arc<Tokens>,
+    metrics: PrometheusHandle,
+    forwarder: Option<Forwarder>,
+) -> anyhow::Result<()> {
     for e in &cfg.events {
         let r = store
             .configure(&e.id, &e.settings)
@@ -29,7 +135,43 @@ async fn serve_with<S: AdmissionStore>(store: Arc<S>, cfg: &Config) -> anyhow::R
             .with_context(|| format!("configuring event {}", e.id))?;
         tracing::info!(event = %e.id, created = r.created, admitted = r.admitted, "event configured");
     }
-    let shutdown = shutdown_signal();
+    let opts = http_options(cfg)?;
+    if opts.admin_token.is_none() {
+        tracing::warn!(
+            "no admin token configured (DISPATCHER_ADMIN_TOKEN or DISPATCHER_ADMIN_TOKEN_FILE): the admin API refuses every call"
+        );
+    }
+    let app = App::new(store.clone(), tokens, opts, Some(metrics.clone()));
+    for e in &cfg.events {
+        app.remember_settings(&e.id, &e.settings);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if cfg.http.enabled {
+        let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
+            .await
+            .with_context(|| format!("listening on {}", cfg.http_addr))?;
+        let addr = listener.local_addr().context("listen address")?;
+        tracing::info!(addr = %addr, "http listening");
+        let router = dispatcher_http::router(app.clone());
+        let stop = stopped();
+        tasks.spawn(async move {
+            if let Err(e) = dispatcher_http::serve(listener, router, stop).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    {
+        let app = app.clone();
+        let stop = stopped();
+        tasks.spawn(async move { app.run_background(stop).await });
+    }
     if cfg.promoter.enabled {
         let promoter = Promoter::new(
             store.clone(),
@@ -40,10 +182,45 @@ async fn serve_with<S: AdmissionStore>(store: Arc<S>, cfg: &Config) -> anyhow::R
                 ..Default::default()
             },
         );
+        app.set_promoter_running(true);
+        let stop = stopped();
+        tasks.spawn(async move { promoter.run(stop).await });
         tracing::info!("promoter running");
-        promoter.run(shutdown).await;
-    } else {
-        shutdown.await;
+    }
+    if let Some(f) = forwarder {
+        tracing::info!(
+            dispatch_stream = f.dispatch_stream(),
+            consumer = f.consumer(),
+            "forwarder running"
+        );
+        let stop = stopped();
+        tasks.spawn(async move { f.run(stop).await });
+    }
+    {
+        let stop = stopped();
+        tasks.spawn(async move {
+            let upkeep = async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    metrics.run_upkeep();
+                }
+            };
+            tokio::select! { _ = stop => {} _ = upkeep => {} }
+        });
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining requests and background work");
+    app.begin_shutdown();
+    app.set_promoter_running(false);
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            after_s = DRAIN.as_secs(),
+            "drain timed out; stopping anyway"
+        );
+        tasks.abort_all();
     }
     tracing::info!("dispatcher stopped");
     Ok(())
