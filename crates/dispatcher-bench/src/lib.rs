@@ -2,4 +2,19 @@
 //! PRODUCT.md §3.1 and returns a report that serialises to the one-line JSON object the CLI prints last.
 
 pub mod admission;
+pub mod httpc;
+pub mod join;
+pub mod live;
 pub mod pool;
+pub mod server;
+
+/// Why a benchmark could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Starting the server, connecting, or bad options.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The run itself failed.
+    #[error("run: {0}")]
+    Run(String),
+}

@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -19,7 +18,7 @@ use dispatcher_token::EntryClaims;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiPath, Peer};
+use crate::extract::{ApiBytes, ApiPath, Peer};
 use crate::view::TicketView;
 use crate::{App, telemetry};
 
@@ -78,7 +77,7 @@ pub(crate) async fn join<S: AdmissionStore>(
     peer: Peer,
     headers: HeaderMap,
     ApiPath(event): ApiPath<String>,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let event = event_id(&event)?;

@@ -4,6 +4,7 @@
 mod config;
 mod demo;
 mod serve;
+mod token;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ struct Cli {
 enum Command {
     /// Simulate a crowd joining a few events and show admissions as they happen.
     Demo(demo::DemoArgs),
-    /// Run the service (the promoter now; the HTTP API arrives with the next engine).
+    /// Run the service: HTTP API, promoter, live updates and (on Redis) the forwarder.
     Serve {
         /// TOML configuration file; environment variables override it.
         #[arg(long, short)]
@@ -43,6 +44,9 @@ enum Command {
     /// Benchmarks (PRODUCT.md §3.1).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Entry tokens: verify one offline, manage the signing keys.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,6 +55,59 @@ enum BenchCommand {
     Admission(AdmissionArgs),
     /// No-op jobs per second and memory under overload of the worker pool.
     Pool(PoolArgs),
+    /// Joins per second through the HTTP API (open loop) against a `dispatcher serve` process.
+    Join(JoinArgs),
+    /// Live (SSE) connections, updates per second, slot freed → token latency.
+    Live(LiveArgs),
+}
+
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// Redis URL of the server's store.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Offered joins per second.
+    #[arg(long, default_value_t = 40_000.0)]
+    rate: f64,
+    /// Run length, seconds.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Keep-alive connections (each from its own loopback address).
+    #[arg(long, default_value_t = 512)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    events: u32,
+    /// The server's join limit per client address, per second.
+    #[arg(long, default_value_t = 100.0)]
+    join_rate_per_ip: f64,
+    /// A short run for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LiveArgs {
+    /// Redis URL of the server's store.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Live connections held.
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Run length, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Completions per second through the API.
+    #[arg(long, default_value_t = 100.0)]
+    complete_rate: f64,
+    /// A short run for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -191,7 +248,73 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Admission(a)) => rt.block_on(bench_admission(a)),
         Command::Bench(BenchCommand::Pool(p)) => bench_pool(p),
+        Command::Bench(BenchCommand::Join(a)) => rt.block_on(bench_join(a)),
+        Command::Bench(BenchCommand::Live(a)) => rt.block_on(bench_live(a)),
+        Command::Token(t) => token::run(t),
     }
+}
+
+fn this_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the dispatcher binary to run as the server")
+}
+
+async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
+    use dispatcher_bench::join::{JoinBenchOptions, run};
+    let exe = this_exe()?;
+    let opts = if a.smoke {
+        JoinBenchOptions::smoke(exe, a.redis)
+    } else {
+        JoinBenchOptions {
+            exe,
+            redis: a.redis,
+            rate: a.rate,
+            duration: std::time::Duration::from_secs_f64(a.duration),
+            connections: a.connections,
+            events: a.events,
+            join_rate_per_ip: a.join_rate_per_ip,
+            ..Default::default()
+        }
+    };
+    eprintln!(
+        "bench join: offering {:.0} joins/s for {:.0} s over {} connections…",
+        opts.rate,
+        opts.duration.as_secs_f64(),
+        opts.connections
+    );
+    let report = run(&opts).await.context("join benchmark")?;
+    println!("{report}");
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+async fn bench_live(a: LiveArgs) -> anyhow::Result<()> {
+    use dispatcher_bench::live::{LiveBenchOptions, run};
+    let exe = this_exe()?;
+    let opts = if a.smoke {
+        LiveBenchOptions::smoke(exe, a.redis)
+    } else {
+        LiveBenchOptions {
+            exe,
+            redis: a.redis,
+            connections: a.connections,
+            duration: std::time::Duration::from_secs_f64(a.duration),
+            complete_rate: a.complete_rate,
+            ..Default::default()
+        }
+    };
+    eprintln!(
+        "bench live: {} connections for {:.0} s…",
+        opts.connections,
+        opts.duration.as_secs_f64()
+    );
+    let report = run(&opts).await.context("live benchmark")?;
+    println!("{report}");
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
 }
 
 async fn bench_admission(a: AdmissionArgs) -> anyhow::Result<()> {

@@ -1,0 +1,196 @@
+//! A `dispatcher serve` process under test: spawned from the running binary with a generated
+//! configuration, watched for readiness, measured (CPU, RSS) through `/proc`, and stopped on drop. The
+//! server runs in its own process so its CPU and memory are its own (PRODUCT.md §3.1).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::BenchError;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `exe serve -c <config>` with `config_toml` (which must not set `http_addr`, `key_dir` or
+    /// the admin token: they are set here) and waits until `/healthz` answers.
+    pub fn start(exe: &Path, config_toml: &str, admin_token: &str) -> Result<Self, BenchError> {
+        let port = free_port()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}")
+            .parse()
+            .map_err(|e| BenchError::Setup(format!("address: {e}")))?;
+        let dir = std::env::temp_dir().join(format!(
+            "dispatcher-bench-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Setup(format!("temp dir: {e}")))?;
+        let cfg = dir.join("serve.toml");
+        let mut f = std::fs::File::create(&cfg)
+            .map_err(|e| BenchError::Setup(format!("config file: {e}")))?;
+        f.write_all(config_toml.as_bytes())
+            .map_err(|e| BenchError::Setup(format!("config file: {e}")))?;
+        let log = std::fs::File::create(dir.join("serve.log"))
+            .map_err(|e| BenchError::Setup(format!("log file: {e}")))?;
+        let child = Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .env("DISPATCHER_HTTP_ADDR", addr.to_string())
+            .env("DISPATCHER_KEY_DIR", dir.join("keys"))
+            .env("DISPATCHER_ADMIN_TOKEN", admin_token)
+            .env("DISPATCHER_LOG", "warn")
+            .env_remove("DISPATCHER_REDIS_CLUSTER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| BenchError::Setup(format!("spawning {}: {e}", exe.display())))?;
+        let mut s = Self { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(BenchError::Setup(format!(
+                    "dispatcher serve exited with {status}; its log: {}",
+                    s.log_tail()
+                )));
+            }
+            if healthz(addr) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Setup(format!(
+                    "dispatcher serve did not answer /healthz within 15 s; its log: {}",
+                    s.log_tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds (user + system) the server has used so far.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / clock_ticks())
+    }
+
+    /// The server's resident memory, bytes.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SIGTERM first (graceful drain), then SIGKILL.
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid with a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn clock_ticks() -> f64 {
+    #[allow(unsafe_code)]
+    // SAFETY: sysconf reads a constant of the system; no memory is touched.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| BenchError::Setup(format!("finding a free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| BenchError::Setup(format!("finding a free port: {e}")))
+}
+
+fn healthz(addr: SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+/// Reads Redis's persistence settings, for the report (PRODUCT.md §3.1).
+pub async fn redis_persistence(url: &str) -> String {
+    let Ok(client) = redis::Client::open(url) else {
+        return "unknown".into();
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return "unknown".into();
+    };
+    let aof: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    let fsync: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendfsync")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    let save: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    format!(
+        "appendonly={} appendfsync={} save={:?}",
+        aof.get(1).map(String::as_str).unwrap_or("?"),
+        fsync.get(1).map(String::as_str).unwrap_or("?"),
+        save.get(1).map(String::as_str).unwrap_or("?")
+    )
+}
