@@ -1,7 +1,7 @@
 //! Typed errors of the admission engine, with kinds a caller can act on.
 
 /// What went wrong, by what the caller can do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AdmissionError {
     /// The input is malformed or out of range; nothing was changed.
     #[error("invalid input: {0}")]

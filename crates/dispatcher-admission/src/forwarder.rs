@@ -112,6 +112,12 @@ pub struct ForwarderOptions {
     /// `XACK` (a crash between write and acknowledge).
     #[doc(hidden)]
     pub stop_after_write: bool,
+    /// Test failpoint: after writing a batch to the dispatch stream and before `XACK`, log
+    /// `failpoint forwarder_after_write reached` at warn and hang forever (a crash test SIGKILLs the
+    /// process there). Also switched on by the environment variable
+    /// `DISPATCHER_FAILPOINT=forwarder_after_write`, read once in [`Forwarder::new`].
+    #[doc(hidden)]
+    pub hang_after_write: bool,
 }
 
 impl ForwarderOptions {
@@ -155,6 +161,7 @@ impl Default for ForwarderOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(2),
             stop_after_write: false,
+            hang_after_write: false,
         }
     }
 }
@@ -294,7 +301,14 @@ type Minted = Vec<(u16, EntryRecord, std::result::Result<String, String>)>;
 
 impl Forwarder {
     /// A forwarder over the entry streams of `store` (its connection, key prefix and shards).
-    pub fn new(store: &RedisStore, minter: TokenMinter, opts: ForwarderOptions) -> Result<Self> {
+    pub fn new(
+        store: &RedisStore,
+        minter: TokenMinter,
+        mut opts: ForwarderOptions,
+    ) -> Result<Self> {
+        if std::env::var("DISPATCHER_FAILPOINT").as_deref() == Ok("forwarder_after_write") {
+            opts.hang_after_write = true;
+        }
         let invalid = |m: &str| Err(AdmissionError::InvalidInput(m.to_owned()));
         if opts.group.is_empty() || opts.consumer.is_empty() {
             return invalid("forwarder group and consumer names must not be empty");
@@ -900,6 +914,10 @@ impl Forwarder {
             stats.forwarded = written;
             metrics::counter!(telemetry::FORWARDER_FORWARDED_TOTAL).increment(written);
             self.totals.forwarded.fetch_add(written, Ordering::Relaxed);
+        }
+        if self.opts.hang_after_write && written > 0 {
+            tracing::warn!(written, "failpoint forwarder_after_write reached");
+            std::future::pending::<()>().await;
         }
         if self.opts.stop_after_write {
             return Err(AdmissionError::Unavailable(

@@ -15,7 +15,8 @@ use crate::model::{
     Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{
-    AdmissionStore, Clock, Configured, Release, check_bulk, check_live, system_now_ms,
+    AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live,
+    system_now_ms,
 };
 
 /// Tuning of the in-process store (mirrors [`crate::RedisStoreOptions`]).
@@ -545,6 +546,124 @@ impl AdmissionStore for MemoryStore {
                 ticket: ev.view(&id, &r),
                 created: true,
             })
+        })
+    }
+
+    /// Mirror of `join_many.lua`: the joins of the batch in order, one promotion at the end.
+    async fn join_many(
+        &self,
+        event: &EventId,
+        users: &[Option<UserId>],
+    ) -> Result<Vec<Result<Joined>>> {
+        check_join_batch(users)?;
+        let ids: Vec<TicketId> = users.iter().map(|_| TicketId::generate()).collect();
+        self.with_event(event, |ev, cx| {
+            if ev.settings.state == EventState::Closed {
+                return Err(AdmissionError::EventClosed(cx.event_id.to_string()));
+            }
+            enum Plan {
+                Existing(TicketId),
+                Fresh,
+                SameAs(usize),
+                Rejected,
+            }
+            let mut plans = Vec::with_capacity(users.len());
+            let mut first_of: HashMap<&UserId, usize> = HashMap::new();
+            for (i, u) in users.iter().enumerate() {
+                if let Some(u) = u
+                    && let Some(existing) = ev.users.get(u)
+                    && ev
+                        .tickets
+                        .get(existing)
+                        .is_some_and(|r| !r.state.is_final())
+                {
+                    plans.push(Plan::Existing(existing.clone()));
+                    continue;
+                }
+                if let Some(u) = u
+                    && let Some(&fi) = first_of.get(u)
+                {
+                    // A second join of the same user in this batch: the first one's new ticket.
+                    plans.push(if matches!(plans[fi], Plan::Fresh) {
+                        Plan::SameAs(fi)
+                    } else {
+                        Plan::Rejected
+                    });
+                    continue;
+                }
+                if let Some(u) = u {
+                    first_of.insert(u, i);
+                }
+                plans.push(if ev.settings.queue_mode == QueueMode::Reject {
+                    Plan::Rejected
+                } else {
+                    Plan::Fresh
+                });
+            }
+            let fresh: Vec<usize> = plans
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| matches!(p, Plan::Fresh))
+                .map(|(i, _)| i)
+                .collect();
+            if fresh.iter().any(|i| ev.tickets.contains_key(&ids[*i])) {
+                return Err(AdmissionError::Conflict("ticket id collision".into()));
+            }
+            for &i in &fresh {
+                ev.seq += 1;
+                let seq = ev.seq;
+                let id = ids[i].clone();
+                ev.tickets.insert(
+                    id.clone(),
+                    Rec {
+                        state: TicketState::Waiting,
+                        seq,
+                        joined: cx.now,
+                        admitted: 0,
+                        expires: 0,
+                        ended: 0,
+                        user: users[i].clone(),
+                    },
+                );
+                ev.waiting.insert(seq, id.clone());
+                ev.ranks.add(seq as usize, 1);
+                ev.presence.insert((cx.now, id.clone()));
+                ev.last_seen.insert(id.clone(), cx.now);
+                if let Some(u) = &users[i] {
+                    ev.users.insert(u.clone(), id);
+                }
+            }
+            if fresh.is_empty() {
+                cx.unchanged = true;
+            } else {
+                let n = ev.promote(cx);
+                cx.light = Some((cx.now + ev.settings.abandon_timeout_ms, n));
+            }
+            let view_of = |ev: &Event, id: &TicketId| {
+                ev.tickets
+                    .get(id)
+                    .map(|r| ev.view(id, r))
+                    .ok_or(AdmissionError::UnknownTicket)
+            };
+            let mut out = Vec::with_capacity(users.len());
+            for (i, p) in plans.iter().enumerate() {
+                out.push(match p {
+                    Plan::Existing(id) => view_of(ev, id).map(|ticket| Joined {
+                        ticket,
+                        created: false,
+                    }),
+                    Plan::Fresh => view_of(ev, &ids[i]).map(|ticket| Joined {
+                        ticket,
+                        created: true,
+                    }),
+                    Plan::SameAs(fi) => view_of(ev, &ids[*fi]).map(|ticket| Joined {
+                        ticket,
+                        created: false,
+                    }),
+                    Plan::Rejected => Err(AdmissionError::Rejected(cx.event_id.to_string())),
+                });
+            }
+            Ok(out)
         })
     }
 

@@ -468,6 +468,9 @@ pub struct BulkReleased {
     pub outcomes: Vec<BulkOutcome>,
 }
 
+/// Most visitors one coalesced join takes.
+pub const MAX_JOIN_BATCH: usize = 500;
+
 /// Most tickets one live-update read accepts.
 pub const MAX_LIVE_BATCH: usize = 1_000;
 

@@ -13,12 +13,14 @@ use crate::model::{
     EventState, EventTotals, Joined, MAX_REVOCATIONS, QueueMode, Released, Revocation, Tick,
     Ticket, TicketId, TicketState, UserId,
 };
-use crate::store::{AdmissionStore, Clock, Configured, Release, check_bulk, check_live, shard_of};
+use crate::store::{
+    AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live, shard_of,
+};
 
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// The operations of the library: (name, source file body).
-const OPS: [(&str, &str); 10] = [
+const OPS: [(&str, &str); 11] = [
     ("configure", include_str!("lua/configure.lua")),
     ("join", include_str!("lua/join.lua")),
     ("ticket", include_str!("lua/ticket.lua")),
@@ -29,6 +31,7 @@ const OPS: [(&str, &str); 10] = [
     ("live", include_str!("lua/live.lua")),
     ("revocations", include_str!("lua/revocations.lua")),
     ("delete", include_str!("lua/delete.lua")),
+    ("join_many", include_str!("lua/join_many.lua")),
 ];
 
 /// The Redis Functions library of this build: its source and versioned function names. The version is a
@@ -557,6 +560,51 @@ impl AdmissionStore for RedisStore {
             created: as_u64(at(&items, 1)?)? == 1,
             ticket: ticket_from(&items, 2)?,
         })
+    }
+
+    async fn join_many(
+        &self,
+        event: &EventId,
+        users: &[Option<UserId>],
+    ) -> Result<Vec<Result<Joined>>> {
+        check_join_batch(users)?;
+        let mut args = Vec::with_capacity(users.len() * 2);
+        for u in users {
+            args.push(TicketId::generate().as_str().to_owned());
+            args.push(
+                u.as_ref()
+                    .map(|u| u.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        let items = self.run("join_many", event, &args).await?;
+        let mut out = Vec::with_capacity(users.len());
+        let mut i = 1;
+        while i < items.len() {
+            let code = as_string(&items[i])?;
+            match code.as_str() {
+                "N" | "E" => {
+                    out.push(Ok(Joined {
+                        created: code == "N",
+                        ticket: ticket_from(&items, i + 1)?,
+                    }));
+                    i += 10;
+                }
+                "X" => {
+                    out.push(Err(AdmissionError::Rejected(event.to_string())));
+                    i += 1;
+                }
+                other => {
+                    return Err(AdmissionError::Protocol(format!(
+                        "bad join_many outcome {other:?}"
+                    )));
+                }
+            }
+        }
+        if out.len() != users.len() {
+            return Err(AdmissionError::Protocol("join_many reply length".into()));
+        }
+        Ok(out)
     }
 
     async fn ticket(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {

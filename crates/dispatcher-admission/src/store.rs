@@ -125,6 +125,28 @@ pub trait AdmissionStore: Send + Sync + 'static {
         user: Option<&UserId>,
     ) -> impl Future<Output = Result<Joined>> + Send;
 
+    /// Joins many visitors of one event in one step, as if each had called [`join`](Self::join) in order
+    /// (at most [`crate::model::MAX_JOIN_BATCH`]): one outcome per visitor. An error for the whole batch
+    /// (unknown event, closed, store down) is returned as the outer error.
+    fn join_many(
+        &self,
+        event: &EventId,
+        users: &[Option<UserId>],
+    ) -> impl Future<Output = Result<Vec<Result<Joined>>>> + Send {
+        async move {
+            check_join_batch(users)?;
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                match self.join(event, u.as_ref()).await {
+                    Ok(j) => out.push(Ok(j)),
+                    Err(e @ crate::error::AdmissionError::Rejected(_)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+    }
+
     /// Reads a ticket (no presence).
     fn ticket(
         &self,
@@ -271,6 +293,18 @@ pub(crate) fn check_bulk(tickets: &[TicketId]) -> Result<()> {
             "a bulk release takes 1 to {} tickets, not {}",
             crate::model::MAX_BULK_RELEASE,
             tickets.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the size of a join batch.
+pub(crate) fn check_join_batch(users: &[Option<UserId>]) -> Result<()> {
+    if users.is_empty() || users.len() > crate::model::MAX_JOIN_BATCH {
+        return Err(crate::error::AdmissionError::InvalidInput(format!(
+            "a join batch takes 1 to {} visitors, not {}",
+            crate::model::MAX_JOIN_BATCH,
+            users.len()
         )));
     }
     Ok(())

@@ -5,6 +5,7 @@
 //! The crate knows HTTP, not Redis: every state change goes through the [`AdmissionStore`] trait.
 
 mod admin;
+pub mod batch;
 pub mod error;
 mod extract;
 pub mod limits;
@@ -58,6 +59,8 @@ pub struct HttpOptions {
     pub redirect_origins: Vec<String>,
     /// Live updates.
     pub live: LiveOptions,
+    /// Coalesce concurrent joins of one event into one store call (at most this many; 1 = off).
+    pub join_batch: usize,
 }
 
 impl Default for HttpOptions {
@@ -71,6 +74,7 @@ impl Default for HttpOptions {
             max_body_bytes: 16 * 1024,
             redirect_origins: Vec::new(),
             live: LiveOptions::default(),
+            join_batch: 256,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct App<S> {
     pub tokens: Arc<Tokens>,
     /// Live updates.
     pub hub: Arc<Hub<S>>,
+    /// Join coalescing.
+    pub joins: Arc<batch::JoinBatcher<S>>,
     /// Settings.
     pub opts: HttpOptions,
     join_ip: KeyedLimiter<IpAddr>,
@@ -112,10 +118,12 @@ impl<S: AdmissionStore> App<S> {
         metrics: Option<PrometheusHandle>,
     ) -> Arc<Self> {
         let hub = Arc::new(Hub::new(store.clone(), tokens.clone(), opts.live.clone()));
+        let joins = Arc::new(batch::JoinBatcher::new(store.clone(), opts.join_batch, 2));
         Arc::new(Self {
             store,
             tokens,
             hub,
+            joins,
             join_ip: KeyedLimiter::new(opts.join_rate_per_ip),
             join_user: KeyedLimiter::new(opts.join_rate_per_user),
             request_ip: KeyedLimiter::new(opts.request_rate_per_ip),

@@ -79,6 +79,85 @@ fn event_state_op(summary: &str) -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = paths_and_schemas();
+    add_operation_ids_and_links(&mut doc);
+    doc
+}
+
+/// The `operationId` of an operation: its method and path, e.g. `get_events_event_tickets_ticket` for
+/// `GET /v1/events/{event}/tickets/{ticket}`.
+pub fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_lowercase();
+    for seg in path.split('/').filter(|s| !s.is_empty() && *s != "v1") {
+        id.push('_');
+        id.extend(
+            seg.chars()
+                .filter(|c| *c != '{' && *c != '}')
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }),
+        );
+    }
+    id.replace("__", "_")
+}
+
+/// Gives every operation an `operationId` and links the operations that create something to those that
+/// use it (a join's ticket, a configured event), so clients and stateful fuzzers can follow them.
+fn add_operation_ids_and_links(doc: &mut Value) {
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, ops) in paths.iter_mut() {
+            if let Some(ops) = ops.as_object_mut() {
+                for (method, op) in ops.iter_mut() {
+                    if let Some(op) = op.as_object_mut() {
+                        op.insert("operationId".into(), json!(operation_id(method, path)));
+                    }
+                }
+            }
+        }
+    }
+    let link = |method: &str, path: &str, with_ticket: bool| {
+        let mut parameters = json!({ "event": "$request.path.event" });
+        if with_ticket {
+            parameters["ticket"] = json!("$response.body#/ticket");
+        }
+        json!({ "operationId": operation_id(method, path), "parameters": parameters })
+    };
+    let ticket_links = json!({
+        "status": link("get", "/v1/events/{event}/tickets/{ticket}", true),
+        "heartbeat": link("post", "/v1/events/{event}/tickets/{ticket}/heartbeat", true),
+        "leave": link("post", "/v1/events/{event}/tickets/{ticket}/leave", true),
+        "complete": link("post", "/v1/events/{event}/tickets/{ticket}/complete", true),
+        "adminRead": link("get", "/v1/admin/events/{event}/tickets/{ticket}", true),
+        "adminComplete": link("post", "/v1/admin/events/{event}/tickets/{ticket}/complete", true),
+        "adminRevoke": link("post", "/v1/admin/events/{event}/tickets/{ticket}/revoke", true),
+    });
+    let event_links = json!({
+        "join": link("post", "/v1/events/{event}/tickets", false),
+        "publicEvent": link("get", "/v1/events/{event}", false),
+        "read": link("get", "/v1/admin/events/{event}", false),
+        "pause": link("post", "/v1/admin/events/{event}/pause", false),
+        "resume": link("post", "/v1/admin/events/{event}/resume", false),
+        "close": link("post", "/v1/admin/events/{event}/close", false),
+        "revocations": link("get", "/v1/admin/events/{event}/revocations", false),
+        "delete": link("delete", "/v1/admin/events/{event}", false),
+    });
+    for (path, method, links) in [
+        ("/v1/events/{event}/tickets", "post", &ticket_links),
+        ("/v1/admin/events/{event}", "put", &event_links),
+    ] {
+        for status in ["200", "201"] {
+            if let Some(r) = doc
+                .pointer_mut(&format!(
+                    "/paths/{}/{method}/responses/{status}",
+                    path.replace('~', "~0").replace('/', "~1")
+                ))
+                .and_then(Value::as_object_mut)
+            {
+                r.insert("links".into(), links.clone());
+            }
+        }
+    }
+}
+
+fn paths_and_schemas() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {

@@ -104,7 +104,7 @@ pub(crate) async fn join<S: AdmissionStore>(
         metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "scope" => "user").increment(1);
         return Err(ApiError::throttled("user", wait));
     }
-    let joined = match app.store.join(&event, user.as_ref()).await {
+    let joined = match app.joins.join(&event, user.clone()).await {
         Ok(j) => j,
         Err(e) if e.is_retryable() => {
             metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => "join").increment(1);

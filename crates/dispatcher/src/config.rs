@@ -81,6 +81,8 @@ pub struct HttpConfig {
     pub redirect_origins: Vec<String>,
     /// Live update pass period, ms.
     pub live_interval_ms: u64,
+    /// Most concurrent joins of one event sent to the store in one call (1 = no coalescing).
+    pub join_batch: usize,
 }
 
 impl Default for HttpConfig {
@@ -99,6 +101,7 @@ impl Default for HttpConfig {
             max_body_bytes: 16 * 1024,
             redirect_origins: Vec::new(),
             live_interval_ms: 1_000,
+            join_batch: 256,
         }
     }
 }
@@ -113,6 +116,11 @@ pub struct ForwarderConfig {
     pub dispatch_stream: Option<String>,
     /// Approximate MAXLEN of the dispatch stream.
     pub dispatch_maxlen: u64,
+    /// How long an admission must have been pending (read, not acknowledged) before any forwarder takes
+    /// it over from its crashed owner, ms. Short means a crash delays admissions less; below the Redis
+    /// response timeout (10 s), a live forwarder's slow batch may be forwarded twice (duplicates by
+    /// ticket id, which consumers drop).
+    pub reclaim_min_idle_ms: u64,
 }
 
 impl Default for ForwarderConfig {
@@ -121,6 +129,7 @@ impl Default for ForwarderConfig {
             enabled: true,
             dispatch_stream: None,
             dispatch_maxlen: 1_000_000,
+            reclaim_min_idle_ms: 15_000,
         }
     }
 }
@@ -276,8 +285,14 @@ impl Config {
         if self.http.max_body_bytes < 256 || self.http.max_body_bytes > 16 * 1024 * 1024 {
             bail!("http.max_body_bytes must be between 256 and 16 MiB");
         }
+        if self.http.join_batch == 0 || self.http.join_batch > 500 {
+            bail!("http.join_batch must be between 1 and 500");
+        }
         if self.http.live_interval_ms < 100 || self.http.live_interval_ms > 60_000 {
             bail!("http.live_interval_ms must be between 100 and 60000");
+        }
+        if self.forwarder.reclaim_min_idle_ms == 0 {
+            bail!("forwarder.reclaim_min_idle_ms must be positive");
         }
         if self.promoter.concurrency == 0 {
             bail!("promoter.concurrency must be positive");

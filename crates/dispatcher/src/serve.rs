@@ -76,6 +76,7 @@ fn forwarder(store: &RedisStore, cfg: &Config, tokens: Arc<Tokens>) -> anyhow::R
     let opts = ForwarderOptions {
         dispatch_stream: cfg.forwarder.dispatch_stream.clone(),
         dispatch_maxlen: cfg.forwarder.dispatch_maxlen,
+        reclaim_min_idle: Duration::from_millis(cfg.forwarder.reclaim_min_idle_ms),
         ..Default::default()
     };
     Forwarder::new(store, minter, opts).context("starting the forwarder")
@@ -118,6 +119,7 @@ fn http_options(cfg: &Config) -> anyhow::Result<HttpOptions> {
             interval: Duration::from_millis(h.live_interval_ms),
             ..Default::default()
         },
+        join_batch: h.join_batch,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Integration tests of the `dispatcher` binary: crash injection with several `serve` promoters sharing one
 //! Redis (PRODUCT.md §4), and smoke tests of `serve` and `demo`.
 
+#[path = "cli/browser.rs"]
+mod browser;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/smoke.rs"]

@@ -58,7 +58,82 @@ conformance!(
     live_reads_many_tickets_and_records_presence,
     settings_round_trip,
     totals_revocations_and_delete,
+    join_many_equals_joins_in_order,
 );
+
+async fn join_many_equals_joins_in_order<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
+    let e = ev("batch");
+    s.configure(&e, &settings(2)).await.expect("configure");
+    let u = |n: u32| Some(UserId::new(format!("u{n}")).expect("user"));
+    let before = s.join(&e, u(1).as_ref()).await.expect("join").ticket;
+    let out = s
+        .join_many(&e, &[None, u(1), u(2), u(2), None, None])
+        .await
+        .expect("join_many");
+    assert_eq!(out.len(), 6);
+    let t: Vec<_> = out.into_iter().map(|o| o.expect("each joins")).collect();
+    assert!(t[0].created && t[2].created && t[4].created && t[5].created);
+    assert!(
+        !t[1].created && t[1].ticket.id == before.id,
+        "u1 keeps its live ticket"
+    );
+    assert!(
+        !t[3].created && t[3].ticket.id == t[2].ticket.id,
+        "u2 twice in one batch: one ticket"
+    );
+    let seqs: Vec<u64> = [0, 2, 4, 5].iter().map(|i| t[*i].ticket.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5], "sequence numbers in request order");
+    assert_eq!(
+        t[0].ticket.state,
+        TicketState::Admitted,
+        "capacity 2: u1 and the first new one"
+    );
+    assert_eq!(t[2].ticket.state, TicketState::Waiting);
+    assert_eq!(t[2].ticket.ahead, Some(0));
+    assert_eq!(t[4].ticket.ahead, Some(1));
+    assert_eq!(t[5].ticket.ahead, Some(2));
+    for o in &t {
+        let read = s.ticket(&e, &o.ticket.id).await.expect("read");
+        assert_eq!(read.state, o.ticket.state);
+        assert_eq!(
+            read.ahead, o.ticket.ahead,
+            "the batch reports the positions a read sees"
+        );
+    }
+    let info = s.event(&e).await.expect("event");
+    assert_eq!((info.joined, info.waiting, info.admitted), (5, 3, 2));
+    assert!(matches!(
+        s.join_many(&e, &[]).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
+    let too_many = vec![None; dispatcher_admission::MAX_JOIN_BATCH + 1];
+    assert!(matches!(
+        s.join_many(&e, &too_many).await,
+        Err(AdmissionError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        s.join_many(&ev("nope"), &[None]).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+    // Reject mode refuses the new ones, still answers the live ones.
+    let reject = EventSettings {
+        queue_mode: QueueMode::Reject,
+        ..settings(2)
+    };
+    s.configure(&e, &reject).await.expect("reject");
+    let out = s
+        .join_many(&e, &[u(1), None, u(9)])
+        .await
+        .expect("join_many");
+    assert!(out[0].as_ref().is_ok_and(|j| j.ticket.id == before.id));
+    assert!(matches!(out[1], Err(AdmissionError::Rejected(_))));
+    assert!(matches!(out[2], Err(AdmissionError::Rejected(_))));
+    assert_eq!(
+        s.event(&e).await.expect("event").joined,
+        5,
+        "refused joins take no number"
+    );
+}
 
 async fn totals_revocations_and_delete<S: AdmissionStore>(s: Arc<S>, c: Clock) {
     let e = ev("totals");

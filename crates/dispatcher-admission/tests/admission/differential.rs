@@ -49,6 +49,10 @@ enum Op {
         event: usize,
         nths: Vec<usize>,
     },
+    JoinMany {
+        event: usize,
+        users: Vec<Option<u8>>,
+    },
     Advance {
         ms: u64,
     },
@@ -67,6 +71,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(event, capacity, rate, state, mode)| Op::Configure { event, capacity, rate, state, mode }),
         1 => (0..2usize, proptest::collection::vec(0..12usize, 0..5))
             .prop_map(|(event, nths)| Op::Live { event, nths }),
+        2 => (0..2usize, proptest::collection::vec(proptest::option::of(0..4u8), 1..6))
+            .prop_map(|(event, users)| Op::JoinMany { event, users }),
         3 => prop_oneof![Just(1u64), Just(500), Just(1_000), Just(2_999), Just(5_000)].prop_map(|ms| Op::Advance { ms }),
     ]
 }
@@ -78,6 +84,7 @@ enum Seen {
     Err(String),
     Count(Vec<u64>),
     Live(Vec<Option<Ticket>>),
+    Joins(Vec<Seen>),
 }
 
 fn norm(t: &Ticket) -> Ticket {
@@ -111,6 +118,29 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
                     }
                     Seen::Ticket(Some(norm(&j.ticket)), j.created, 0)
                 }
+                Err(e) => err(e),
+            }
+        }
+        Op::JoinMany { event, users } => {
+            let us: Vec<Option<UserId>> = users
+                .iter()
+                .map(|u| u.map(|u| UserId::new(format!("user-{u}")).expect("user")))
+                .collect();
+            match s.join_many(&events[*event], &us).await {
+                Ok(outcomes) => Seen::Joins(
+                    outcomes
+                        .into_iter()
+                        .map(|o| match o {
+                            Ok(j) => {
+                                if j.created {
+                                    side.tickets[*event].push(j.ticket.id.clone());
+                                }
+                                Seen::Ticket(Some(norm(&j.ticket)), j.created, 0)
+                            }
+                            Err(e) => err(e),
+                        })
+                        .collect(),
+                ),
                 Err(e) => err(e),
             }
         }

@@ -20,8 +20,17 @@ pub fn dispatcher() -> Command {
     }
     // Keep error output short: a failing test prints it.
     c.env("RUST_BACKTRACE", "0");
+    // Many processes at once: any free port for HTTP, and signing keys in a private directory instead
+    // of the working directory.
+    c.env("DISPATCHER_HTTP_ADDR", "127.0.0.1:0");
+    c.env("DISPATCHER_KEY_DIR", key_dir());
     c.stdin(Stdio::null());
     c
+}
+
+/// A key directory private to this test process (removed with the OS's temp dir cleaning).
+pub fn key_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("dispatcher-test-keys-{}", std::process::id()))
 }
 
 /// `dispatcher serve` against a private Redis with the given key prefix.
