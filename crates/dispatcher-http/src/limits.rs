@@ -41,12 +41,19 @@ const SWEEP_AT: usize = 4_096;
 const MAX_KEYS_PER_SHARD: usize = 65_536;
 
 /// Token buckets by key. Memory is bounded: full buckets are swept, and a shard never holds more than
-/// [`MAX_KEYS_PER_SHARD`] keys.
+/// [`MAX_KEYS_PER_SHARD`] keys. Sweeps run when a shard has doubled since the last one, so a flood of
+/// distinct keys costs amortised O(1) per request, never a sweep per request.
 #[derive(Debug)]
 pub struct KeyedLimiter<K> {
     rate: Rate,
-    shards: Vec<Mutex<HashMap<K, Bucket>>>,
+    shards: Vec<Mutex<Shard<K>>>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Debug)]
+struct Shard<K> {
+    buckets: HashMap<K, Bucket>,
+    sweep_at: usize,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
@@ -54,7 +61,14 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     pub fn new(rate: Rate) -> Self {
         Self {
             rate,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        buckets: HashMap::new(),
+                        sweep_at: SWEEP_AT,
+                    })
+                })
+                .collect(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
@@ -65,11 +79,13 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
             return Ok(());
         }
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut map = shard.lock();
-        if map.len() >= SWEEP_AT && !map.contains_key(key) {
-            sweep(&mut map, self.rate, now);
+        let mut guard = shard.lock();
+        let sh = &mut *guard;
+        if sh.buckets.len() >= sh.sweep_at && !sh.buckets.contains_key(key) {
+            sweep(&mut sh.buckets, self.rate, now);
+            sh.sweep_at = (sh.buckets.len() * 2).clamp(SWEEP_AT, MAX_KEYS_PER_SHARD);
         }
-        let b = map.entry(key.clone()).or_insert(Bucket {
+        let b = sh.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.rate.burst.max(1.0),
             at: now,
         });
@@ -78,7 +94,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 
     /// Keys currently tracked (for tests and gauges).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.shards.iter().map(|s| s.lock().buckets.len()).sum()
     }
 
     /// Whether no key is tracked.
