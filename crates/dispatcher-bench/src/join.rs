@@ -221,7 +221,10 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
         .max(opts.duration.as_secs_f64());
     let cpu = server.cpu_seconds().unwrap_or(cpu0) - cpu0;
     let rss = server.rss_bytes().unwrap_or(0);
+    let events: Vec<String> = (0..opts.events).map(|e| format!("bench-{e}")).collect();
+    server.delete_events(&events, ADMIN);
     drop(server);
+    crate::server::remove_prefix(&opts.redis, &prefix).await;
     let h = hist.lock();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let joined = joined.load(Ordering::Relaxed);

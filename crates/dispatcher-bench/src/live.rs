@@ -421,7 +421,9 @@ pub async fn run(opts: &LiveBenchOptions) -> Result<LiveBenchReport, BenchError>
     for s in &streams {
         s.abort();
     }
+    server.delete_events(&[EV_C.to_owned(), EV_E.to_owned()], ADMIN);
     drop(server);
+    crate::server::remove_prefix(&opts.redis, &prefix).await;
     let c = meter.complete_hist.lock();
     let e = meter.expiry_hist.lock();
     let mut all = hist()?;

@@ -103,6 +103,29 @@ impl ServerProcess {
             .map(|kb| kb * 1024)
     }
 
+    /// Deletes the bench's events with all their tickets (admin API), so runs leave nothing behind in a
+    /// shared Redis. Best effort: failures are logged.
+    pub fn delete_events(&self, events: &[String], admin_token: &str) {
+        use std::io::Read;
+        for e in events {
+            let ok = (|| -> std::io::Result<bool> {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                write!(
+                    s,
+                    "DELETE /v1/admin/events/{e}?force=true HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {admin_token}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf)?;
+                Ok(n >= 12 && &buf[9..12] == b"200")
+            })();
+            if !matches!(ok, Ok(true)) {
+                tracing::warn!(event = %e, "could not delete a bench event");
+            }
+        }
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -193,4 +216,37 @@ pub async fn redis_persistence(url: &str) -> String {
         fsync.get(1).map(String::as_str).unwrap_or("?"),
         save.get(1).map(String::as_str).unwrap_or("?")
     )
+}
+
+/// Removes every key of a bench's private key prefix (streams included) after its server stopped. The
+/// prefix is unique per run, so nothing else is touched.
+pub async fn remove_prefix(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut c)
+            .await;
+        let Ok((next, keys)) = r else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<u64> =
+                redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
 }
