@@ -46,7 +46,14 @@ impl Default for LiveOptions {
 struct Watched {
     tx: watch::Sender<Arc<TicketView>>,
     conns: usize,
+    /// Which slice of the interval re-reads this ticket.
+    slice: u32,
 }
+
+/// The update pass is spread over the interval in this many slices, each re-reading its share of the
+/// watched tickets: every ticket is still re-read once per interval, but thousands of connections never
+/// wake at once (a burst of 10,000 stream writes would delay a token push behind it).
+const SLICES: u32 = 20;
 
 /// Admissions of one event per second over the rate window.
 #[derive(Debug)]
@@ -104,6 +111,7 @@ pub struct Hub<S> {
     rates: Mutex<HashMap<String, RateWindow>>,
     connections: AtomicU64,
     tail_started: Instant,
+    next_slice: AtomicU64,
 }
 
 impl<S> std::fmt::Debug for Hub<S> {
@@ -148,6 +156,7 @@ impl<S: AdmissionStore> Hub<S> {
             rates: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             tail_started: Instant::now(),
+            next_slice: AtomicU64::new(0),
         }
     }
 
@@ -166,9 +175,12 @@ impl<S: AdmissionStore> Hub<S> {
         let rx = {
             let mut w = self.watched.lock();
             let tickets = w.entry(event.clone()).or_default();
+            let slice =
+                (self.next_slice.fetch_add(1, Ordering::Relaxed) % u64::from(SLICES)) as u32;
             let entry = tickets.entry(ticket.clone()).or_insert_with(|| Watched {
                 tx: watch::Sender::new(Arc::new(initial.clone())),
                 conns: 0,
+                slice,
             });
             entry.conns += 1;
             entry
@@ -227,11 +239,13 @@ impl<S: AdmissionStore> Hub<S> {
         let pass = {
             let hub = self.clone();
             async move {
-                let mut tick = tokio::time::interval(hub.opts.interval);
+                let mut tick = tokio::time::interval(hub.opts.interval / SLICES);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut slice = 0u32;
                 loop {
                     tick.tick().await;
-                    hub.pass().await;
+                    hub.pass_slice(Some(slice)).await;
+                    slice = (slice + 1) % SLICES;
                 }
             }
         };
@@ -243,15 +257,29 @@ impl<S: AdmissionStore> Hub<S> {
         }
     }
 
-    /// One update pass: re-reads every watched ticket (one store call per event and batch), records their
-    /// presence, and pushes the views that changed.
+    /// One full update pass: re-reads every watched ticket (one store call per event and batch), records
+    /// their presence, and pushes the views that changed.
     pub async fn pass(&self) {
+        self.pass_slice(None).await;
+    }
+
+    /// The pass over one slice of the watched tickets (`None`: all of them).
+    async fn pass_slice(&self, slice: Option<u32>) {
         let started = Instant::now();
         let snapshot: Vec<(EventId, Vec<TicketId>)> = self
             .watched
             .lock()
             .iter()
-            .map(|(e, t)| (e.clone(), t.keys().cloned().collect()))
+            .map(|(e, t)| {
+                (
+                    e.clone(),
+                    t.iter()
+                        .filter(|(_, w)| slice.is_none_or(|s| w.slice == s))
+                        .map(|(id, _)| id.clone())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .filter(|(_, t)| !t.is_empty())
             .collect();
         futures_util::stream::iter(snapshot)
             .for_each_concurrent(16, |(event, tickets)| async move {
@@ -260,10 +288,16 @@ impl<S: AdmissionStore> Hub<S> {
                     match self.store.live(&event, chunk).await {
                         Ok(views) => {
                             for (id, t) in chunk.iter().zip(views) {
-                                if let Some(t) = t {
-                                    let v = TicketView::of(&event, &t, &self.tokens, rate);
-                                    self.push(&event, id, v);
+                                let Some(t) = t else { continue };
+                                // An admitted ticket that is still admitted shows nothing new: skip
+                                // re-minting its token.
+                                if t.state == TicketState::Admitted
+                                    && self.current_state(&event, id) == Some(TicketState::Admitted)
+                                {
+                                    continue;
                                 }
+                                let v = TicketView::of(&event, &t, &self.tokens, rate);
+                                self.push(&event, id, v);
                             }
                         }
                         Err(e) => {
@@ -276,6 +310,13 @@ impl<S: AdmissionStore> Hub<S> {
             })
             .await;
         metrics::histogram!(telemetry::LIVE_PASS_DURATION).record(started.elapsed().as_secs_f64());
+    }
+
+    fn current_state(&self, event: &EventId, ticket: &TicketId) -> Option<TicketState> {
+        let w = self.watched.lock();
+        w.get(event)
+            .and_then(|t| t.get(ticket))
+            .map(|e| e.tx.borrow().state)
     }
 
     fn push(&self, event: &EventId, ticket: &TicketId, v: TicketView) {
