@@ -293,7 +293,9 @@ fn paths_and_schemas() -> Value {
             "securitySchemes": { "admin": { "type": "http", "scheme": "bearer" } },
             "schemas": {
                 "Error": { "type": "object", "required": ["error"], "properties": { "error": { "type": "object", "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
-                "JoinRequest": { "type": "object", "additionalProperties": false, "properties": { "user": { "type": "string", "minLength": 1, "maxLength": 128, "description": "Shop's user id; joining twice returns the same live ticket" } } },
+                "JoinRequest": { "type": "object", "additionalProperties": false, "properties": { "user": { "type": "string", "minLength": 1, "maxLength": 128,
+                    "pattern": "^[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$",
+                    "description": "Shop's user id: 1 to 128 bytes of UTF-8 without control characters or whitespace; joining twice returns the same live ticket" } } },
                 "TicketState": { "type": "string", "enum": ["pre_queued", "waiting", "admitted", "completed", "expired", "abandoned", "left", "revoked"] },
                 "Ticket": { "type": "object", "required": ["event", "ticket", "state", "seq", "joined_at_ms"], "properties": {
                     "event": { "type": "string" }, "ticket": { "type": "string" }, "state": { "$ref": "#/components/schemas/TicketState" },
@@ -309,7 +311,8 @@ fn paths_and_schemas() -> Value {
                     "event": { "type": "string" }, "state": { "type": "string", "enum": ["open", "paused", "closed"] },
                     "queue_mode": { "type": "string", "enum": ["fifo", "passthrough", "reject"] },
                     "waiting": { "type": "integer" }, "admitted": { "type": "integer" }, "capacity": { "type": "integer" },
-                    "admissions_per_s": { "type": "number", "nullable": true } } },
+                    "admissions_per_s": { "type": "number", "nullable": true },
+                    "redirect_origins": { "type": "array", "items": { "type": "string" } } } },
                 "EventSettings": { "type": "object", "required": ["capacity"], "additionalProperties": false, "properties": {
                     "capacity": { "type": "integer", "minimum": 1, "maximum": 10000000 },
                     "rate_per_minute": { "type": "integer", "minimum": 1, "maximum": 600000000, "nullable": true },

@@ -335,6 +335,8 @@ pub struct PublicEvent {
     pub capacity: u64,
     /// Measured admissions per second; `null` while unknown.
     pub admissions_per_s: Option<f64>,
+    /// Origins the waiting page may send admitted visitors on to, token in the URL fragment.
+    pub redirect_origins: Vec<String>,
 }
 
 pub(crate) async fn public_event<S: AdmissionStore>(
@@ -355,5 +357,6 @@ pub(crate) async fn public_event<S: AdmissionStore>(
         admitted: info.admitted,
         capacity: info.settings.capacity,
         admissions_per_s: app.hub.rate(event.as_str()),
+        redirect_origins: app.opts.redirect_origins.clone(),
     }))
 }
