@@ -122,9 +122,15 @@ impl RedisConn {
     pub async fn single(url: &str) -> Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|e| AdmissionError::invalid(format!("bad Redis URL: {e}")))?;
+        // A call made while Redis is unreachable fails within about a second (two quick reconnect tries)
+        // instead of waiting through the client's default retry schedule of 10+ s: callers (a join that
+        // fails closed or open, the promoter's backoff) decide what to do, not the connection.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Self::RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(Self::CONNECT_TIMEOUT));
+            .set_connection_timeout(Some(Self::CONNECT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(std::time::Duration::from_millis(50))
+            .set_max_delay(std::time::Duration::from_millis(400));
         Ok(RedisConn::Single(
             client.get_connection_manager_with_config(config).await?,
         ))

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -42,7 +42,8 @@ const MAX_KEYS_PER_SHARD: usize = 65_536;
 
 /// Token buckets by key. Memory is bounded: full buckets are swept, and a shard never holds more than
 /// [`MAX_KEYS_PER_SHARD`] keys. Sweeps run when a shard has doubled since the last one, so a flood of
-/// distinct keys costs amortised O(1) per request, never a sweep per request.
+/// distinct keys costs amortised O(1) per request, never a sweep per request; and, past [`SWEEP_AT`]
+/// keys, once the buckets swept last time have had time to refill (a sweep then finds idle keys).
 #[derive(Debug)]
 pub struct KeyedLimiter<K> {
     rate: Rate,
@@ -54,6 +55,7 @@ pub struct KeyedLimiter<K> {
 struct Shard<K> {
     buckets: HashMap<K, Bucket>,
     sweep_at: usize,
+    swept: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
@@ -66,6 +68,7 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
                     Mutex::new(Shard {
                         buckets: HashMap::new(),
                         sweep_at: SWEEP_AT,
+                        swept: None,
                     })
                 })
                 .collect(),
@@ -81,9 +84,19 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut guard = shard.lock();
         let sh = &mut *guard;
-        if sh.buckets.len() >= sh.sweep_at && !sh.buckets.contains_key(key) {
-            sweep(&mut sh.buckets, self.rate, now);
-            sh.sweep_at = (sh.buckets.len() * 2).clamp(SWEEP_AT, MAX_KEYS_PER_SHARD);
+        let len = sh.buckets.len();
+        if len >= SWEEP_AT && !sh.buckets.contains_key(key) {
+            // A bucket emptied at the last sweep is full again (sweepable) after `refill`.
+            let refill = Duration::try_from_secs_f64(self.rate.burst.max(1.0) / self.rate.per_sec)
+                .unwrap_or(Duration::MAX);
+            let refilled = sh
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= refill);
+            if len >= sh.sweep_at || refilled {
+                sweep(&mut sh.buckets, self.rate, now);
+                sh.sweep_at = (sh.buckets.len() * 2).clamp(SWEEP_AT, MAX_KEYS_PER_SHARD);
+                sh.swept = Some(now);
+            }
         }
         let b = sh.buckets.entry(key.clone()).or_insert(Bucket {
             tokens: self.rate.burst.max(1.0),

@@ -5,6 +5,8 @@
 mod browser;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/forwarder_crash.rs"]
+mod forwarder_crash;
 #[path = "cli/smoke.rs"]
 mod smoke;
 #[path = "cli/support.rs"]
