@@ -71,6 +71,11 @@ struct Event {
     totals: EventTotals,
     /// Tickets revoked while admitted, by token expiry (mirror of the `rv` zset).
     revoked: BTreeSet<(u64, TicketId)>,
+    /// The pre-queue by lottery number (mirror of the `q` zset), and each ticket's number.
+    prequeue: BTreeSet<(u64, TicketId)>,
+    q_score: HashMap<TicketId, u64>,
+    /// Joins after the start while the pre-queue is being placed (mirror of `qn`).
+    qn: u64,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +141,54 @@ impl Event {
                 tok + elapsed * self.rate() as f64 / 60000.0,
             ));
             self.tts = now;
+        }
+    }
+
+    /// Mirror of `placement_time` in lib.lua.
+    fn placement_time(&self, now: u64) -> u64 {
+        match (self.settings.queue_mode, self.settings.starts_at_ms) {
+            (QueueMode::Prequeue, Some(start)) if now < start => start,
+            _ => now,
+        }
+    }
+
+    /// Mirror of `prequeue_open` in lib.lua.
+    fn prequeue_open(&self, now: u64) -> bool {
+        self.settings.queue_mode == QueueMode::Prequeue
+            && (now < self.settings.starts_at_ms.unwrap_or(0) || !self.prequeue.is_empty())
+    }
+
+    /// Mirror of `place_prequeued` in lib.lua.
+    fn place_prequeued(&mut self, now: u64, limit: u64) -> u64 {
+        if self.placement_time(now) > now {
+            return 0;
+        }
+        let mut count = 0;
+        while count < limit {
+            let Some((_, id)) = self.prequeue.pop_first() else {
+                break;
+            };
+            self.q_score.remove(&id);
+            self.seq += 1;
+            let seq = self.seq;
+            if let Some(r) = self.tickets.get_mut(&id) {
+                r.state = TicketState::Waiting;
+                r.seq = seq;
+            }
+            self.waiting.insert(seq, id.clone());
+            self.ranks.add(seq as usize, 1);
+            if let Some(old) = self.last_seen.insert(id.clone(), now) {
+                self.presence.remove(&(old, id.clone()));
+            }
+            self.presence.insert((now, id));
+            count += 1;
+        }
+        count
+    }
+
+    fn remove_prequeued(&mut self, id: &TicketId) {
+        if let Some(score) = self.q_score.remove(id) {
+            self.prequeue.remove(&(score, id.clone()));
         }
     }
 
@@ -254,6 +307,9 @@ impl Event {
                 due = Some(t);
             }
         };
+        if !self.prequeue.is_empty() {
+            sooner(self.placement_time(now));
+        }
         if let Some((t, _)) = self.admitted.first() {
             sooner(*t);
         }
@@ -291,6 +347,7 @@ impl Event {
             admitted: self.admitted.len() as u64,
             finished: self.finals.len() as u64,
             active,
+            pre_queued: self.prequeue.len() as u64,
             totals: self.totals,
         }
     }
@@ -372,7 +429,7 @@ impl MemoryStore {
         if cx.unchanged {
             return out;
         }
-        let active = !ev.waiting.is_empty() || !ev.admitted.is_empty();
+        let active = !ev.waiting.is_empty() || !ev.admitted.is_empty() || !ev.prequeue.is_empty();
         if active {
             inner.active.insert(event.clone());
         } else {
@@ -462,6 +519,9 @@ impl AdmissionStore for MemoryStore {
                         finals: BTreeSet::new(),
                         totals: EventTotals::default(),
                         revoked: BTreeSet::new(),
+                        prequeue: BTreeSet::new(),
+                        q_score: HashMap::new(),
+                        qn: 0,
                     },
                 );
                 true
@@ -477,6 +537,7 @@ impl AdmissionStore for MemoryStore {
                 ev.refill(cx.now);
                 ev.tok = Some(f64::min(ev.tok.unwrap_or(0.0), ev.bucket_size()));
             }
+            ev.place_prequeued(cx.now, cx.limit);
             Ok(ev.promote(cx))
         })?;
         Ok(Configured { created, admitted })
@@ -513,6 +574,35 @@ impl AdmissionStore for MemoryStore {
             }
             if ev.tickets.contains_key(&id) {
                 return Err(AdmissionError::Conflict("ticket id collision".into()));
+            }
+            if ev.prequeue_open(cx.now) {
+                let score = if cx.now < ev.settings.starts_at_ms.unwrap_or(0) {
+                    crate::redis_store::lottery_number()
+                } else {
+                    ev.qn += 1;
+                    (1u64 << 52) + ev.qn
+                };
+                let rec = Rec {
+                    state: TicketState::PreQueued,
+                    seq: 0,
+                    joined: cx.now,
+                    admitted: 0,
+                    expires: 0,
+                    ended: 0,
+                    user: user.cloned(),
+                };
+                let view = ev.view(&id, &rec);
+                ev.tickets.insert(id.clone(), rec);
+                ev.prequeue.insert((score, id.clone()));
+                ev.q_score.insert(id.clone(), score);
+                if let Some(u) = user {
+                    ev.users.insert(u.clone(), id.clone());
+                }
+                cx.light = Some((ev.placement_time(cx.now), 0));
+                return Ok(Joined {
+                    ticket: view,
+                    created: true,
+                });
             }
             ev.seq += 1;
             let seq = ev.seq;
@@ -556,6 +646,27 @@ impl AdmissionStore for MemoryStore {
         users: &[Option<UserId>],
     ) -> Result<Vec<Result<Joined>>> {
         check_join_batch(users)?;
+        // Mirror of the PREQUEUE answer of join_many.lua: the pre-queue takes joins one by one.
+        let one_by_one = {
+            let now = self.now();
+            let inner = self.inner.lock();
+            let ev = inner
+                .events
+                .get(event)
+                .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
+            ev.settings.state != EventState::Closed && ev.prequeue_open(now)
+        };
+        if one_by_one {
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                match self.join(event, u.as_ref()).await {
+                    Ok(j) => out.push(Ok(j)),
+                    Err(e @ AdmissionError::Rejected(_)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
         let ids: Vec<TicketId> = users.iter().map(|_| TicketId::generate()).collect();
         self.with_event(event, |ev, cx| {
             if ev.settings.state == EventState::Closed {
@@ -708,6 +819,7 @@ impl AdmissionStore for MemoryStore {
                 ev.admitted.remove(&(r.expires, ticket.clone()));
             } else {
                 ev.remove_waiting(ticket, r.seq);
+                ev.remove_prequeued(ticket);
             }
             ev.finish(ticket, target, cx.now);
             let n = ev.promote(cx);
@@ -767,6 +879,7 @@ impl AdmissionStore for MemoryStore {
                                 ev.admitted.remove(&(r.expires, id.clone()));
                             } else {
                                 ev.remove_waiting(id, r.seq);
+                                ev.remove_prequeued(id);
                             }
                             ev.finish(id, target, cx.now);
                             changed += 1;
@@ -796,7 +909,11 @@ impl AdmissionStore for MemoryStore {
     }
 
     async fn promote(&self, event: &EventId) -> Result<u64> {
-        self.with_event(event, |ev, cx| Ok(ev.promote(cx)))
+        let batch = self.opts.tick_batch;
+        self.with_event(event, |ev, cx| {
+            ev.place_prequeued(cx.now, batch);
+            Ok(ev.promote(cx))
+        })
     }
 
     async fn tick(&self, event: &EventId) -> Result<Tick> {
@@ -849,6 +966,7 @@ impl AdmissionStore for MemoryStore {
             }
             out.purged = old.len() as u64;
             ev.revoked = ev.revoked.split_off(&(now + 1, TicketId::min_value()));
+            ev.place_prequeued(now, batch as u64);
             out.admitted = ev.promote(cx);
             Ok(out)
         });
@@ -962,7 +1080,7 @@ impl AdmissionStore for MemoryStore {
             .events
             .get(event)
             .ok_or_else(|| AdmissionError::UnknownEvent(event.to_string()))?;
-        let live = ev.waiting.len() + ev.admitted.len();
+        let live = ev.waiting.len() + ev.admitted.len() + ev.prequeue.len();
         if live > 0 && !force {
             return Err(AdmissionError::Conflict(format!(
                 "event has {live} waiting or admitted tickets"

@@ -188,6 +188,9 @@ pub enum QueueMode {
     Passthrough,
     /// New joins are refused with a clear answer; tickets already issued carry on.
     Reject,
+    /// Joins before `starts_at_ms` go to a pre-queue and are shuffled into a random order at the start (a
+    /// lottery for early arrivals); later joins line up behind them, first come, first served.
+    Prequeue,
 }
 
 impl QueueMode {
@@ -197,6 +200,7 @@ impl QueueMode {
             QueueMode::Fifo => "fifo",
             QueueMode::Passthrough => "passthrough",
             QueueMode::Reject => "reject",
+            QueueMode::Prequeue => "prequeue",
         }
     }
 
@@ -206,6 +210,7 @@ impl QueueMode {
             "fifo" => Some(QueueMode::Fifo),
             "passthrough" => Some(QueueMode::Passthrough),
             "reject" => Some(QueueMode::Reject),
+            "prequeue" => Some(QueueMode::Prequeue),
             _ => None,
         }
     }
@@ -226,6 +231,8 @@ pub mod limits {
     /// Retention of final tickets, ms (1 s .. 30 days).
     pub const MIN_RETENTION_MS: u64 = 1_000;
     pub const MAX_RETENTION_MS: u64 = 30 * 24 * 3_600_000;
+    /// Latest accepted start time (ms since the Unix epoch; year 2286), so it stays exact in Lua numbers.
+    pub const MAX_STARTS_AT_MS: u64 = 9_999_999_999_999;
 }
 
 /// An event's run-time settings (PRODUCT.md §1.1 "per-event settings").
@@ -256,6 +263,9 @@ pub struct EventSettings {
     /// refusing them with 503 (the default, fail closed).
     #[serde(default)]
     pub fail_open: bool,
+    /// When a `prequeue` event starts (ms since the Unix epoch): the pre-queue is shuffled into the line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at_ms: Option<u64>,
 }
 
 /// Defaults of [`EventSettings`] (seed 003's 15-minute session, 1 h retention).
@@ -287,6 +297,7 @@ impl EventSettings {
             retention_ms: defaults::retention_ms(),
             queue_mode: QueueMode::Fifo,
             fail_open: false,
+            starts_at_ms: None,
         }
     }
 
@@ -323,6 +334,15 @@ impl EventSettings {
             MIN_RETENTION_MS,
             MAX_RETENTION_MS,
         )?;
+        match (self.queue_mode, self.starts_at_ms) {
+            (QueueMode::Prequeue, None) => {
+                return Err(AdmissionError::invalid(
+                    "queue_mode prequeue needs starts_at_ms (when the pre-queue is shuffled into the line)",
+                ));
+            }
+            (_, Some(t)) => range("starts_at_ms", t, 1, MAX_STARTS_AT_MS)?,
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -507,6 +527,8 @@ pub struct EventInfo {
     pub finished: u64,
     /// Whether the event is in its shard's active registry.
     pub active: bool,
+    /// Tickets in the pre-queue (joined before the start of a `prequeue` event, not yet placed).
+    pub pre_queued: u64,
     /// Cumulative counts since the event was created.
     pub totals: EventTotals,
 }

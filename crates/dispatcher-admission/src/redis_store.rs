@@ -193,7 +193,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Key names of one shard and event.
-struct EventKeys([String; 12]);
+struct EventKeys([String; 13]);
 
 impl RedisStore {
     /// A store over an open connection.
@@ -265,6 +265,7 @@ impl RedisStore {
             format!("{tag}:entry"),
             format!("{tag}:events"),
             format!("{e}:rv"),
+            format!("{e}:q"),
         ])
     }
 
@@ -339,6 +340,8 @@ impl RedisStore {
             "UNKNOWN_TICKET" => Err(AdmissionError::UnknownTicket),
             "CLOSED" => Err(AdmissionError::EventClosed(event.to_string())),
             "REJECTED" => Err(AdmissionError::Rejected(event.to_string())),
+            // join_many only: the batch must go one by one (the pre-queue).
+            "PREQUEUE" => Ok(items),
             "CONFLICT" => {
                 let what = items.get(1).map(as_string).transpose()?.unwrap_or_default();
                 Err(conflict(&what))
@@ -399,6 +402,11 @@ fn at(items: &[Value], i: usize) -> Result<&Value> {
 
 fn opt_ms(v: u64) -> Option<u64> {
     (v > 0).then_some(v)
+}
+
+/// A pre-queue lottery number: uniform below 2^52 (exact in Lua numbers; later joins are placed above it).
+pub(crate) fn lottery_number() -> u64 {
+    rand::random::<u64>() >> 12
 }
 
 /// Decodes `view()` from lib.lua: id, state, seq, joined, admitted, expires, ended, user, rank.
@@ -504,6 +512,7 @@ impl AdmissionStore for RedisStore {
                     settings.retention_ms.to_string(),
                     settings.queue_mode.as_str().to_string(),
                     if settings.fail_open { "1" } else { "0" }.to_string(),
+                    settings.starts_at_ms.unwrap_or(0).to_string(),
                 ],
             )
             .await?;
@@ -533,6 +542,7 @@ impl AdmissionStore for RedisStore {
                         .ok_or_else(|| AdmissionError::Protocol(format!("bad queue mode {m:?}")))?
                 },
                 fail_open: as_string(at(&items, 13)?)? == "1",
+                starts_at_ms: Some(as_u64(at(&items, 21)?)?).filter(|t| *t > 0),
             },
             totals: EventTotals {
                 admitted: as_u64(at(&items, 14)?)?,
@@ -547,6 +557,7 @@ impl AdmissionStore for RedisStore {
             admitted: as_u64(at(&items, 9)?)?,
             finished: as_u64(at(&items, 10)?)?,
             active: as_u64(at(&items, 11)?)? == 1,
+            pre_queued: as_u64(at(&items, 20)?)?,
         })
     }
 
@@ -559,6 +570,7 @@ impl AdmissionStore for RedisStore {
                 &[
                     id.as_str().to_owned(),
                     user.map(|u| u.as_str().to_owned()).unwrap_or_default(),
+                    lottery_number().to_string(),
                 ],
             )
             .await?;
@@ -584,6 +596,17 @@ impl AdmissionStore for RedisStore {
             );
         }
         let items = self.run("join_many", event, &args).await?;
+        if items.first().map(as_string).transpose()?.as_deref() == Some("PREQUEUE") {
+            let mut out = Vec::with_capacity(users.len());
+            for u in users {
+                match self.join(event, u.as_ref()).await {
+                    Ok(j) => out.push(Ok(j)),
+                    Err(e @ AdmissionError::Rejected(_)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity(users.len());
         let mut i = 1;
         while i < items.len() {

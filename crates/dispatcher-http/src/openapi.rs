@@ -309,10 +309,12 @@ fn paths_and_schemas() -> Value {
                     "ticket": { "$ref": "#/components/schemas/Ticket" }, "changed": { "type": "boolean" }, "admitted_next": { "type": "integer" } } },
                 "PublicEvent": { "type": "object", "properties": {
                     "event": { "type": "string" }, "state": { "type": "string", "enum": ["open", "paused", "closed"] },
-                    "queue_mode": { "type": "string", "enum": ["fifo", "passthrough", "reject"] },
+                    "queue_mode": { "type": "string", "enum": ["fifo", "passthrough", "reject", "prequeue"] },
                     "waiting": { "type": "integer" }, "admitted": { "type": "integer" }, "capacity": { "type": "integer" },
                     "admissions_per_s": { "type": "number", "nullable": true },
-                    "redirect_origins": { "type": "array", "items": { "type": "string" } } } },
+                    "redirect_origins": { "type": "array", "items": { "type": "string" } },
+                    "pre_queued": { "type": "integer" },
+                    "starts_at_ms": { "type": "integer", "nullable": true } } },
                 "EventSettings": { "type": "object", "required": ["capacity"], "additionalProperties": false, "properties": {
                     "capacity": { "type": "integer", "minimum": 1, "maximum": 10000000 },
                     "rate_per_minute": { "type": "integer", "minimum": 1, "maximum": 600000000, "nullable": true },
@@ -320,12 +322,13 @@ fn paths_and_schemas() -> Value {
                     "abandon_timeout_ms": { "type": "integer", "minimum": 1000, "maximum": 604800000 },
                     "state": { "type": "string", "enum": ["open", "paused", "closed"] },
                     "retention_ms": { "type": "integer", "minimum": 1000, "maximum": 2592000000u64 },
-                    "queue_mode": { "type": "string", "enum": ["fifo", "passthrough", "reject"] },
-                    "fail_open": { "type": "boolean" } } },
+                    "queue_mode": { "type": "string", "enum": ["fifo", "passthrough", "reject", "prequeue"] },
+                    "fail_open": { "type": "boolean" },
+                    "starts_at_ms": { "type": "integer", "nullable": true, "minimum": 1, "maximum": 9999999999999u64, "description": "When a prequeue event starts: its pre-queue is shuffled into the line (required for prequeue)" } } },
                 "EventStats": { "type": "object", "properties": {
                     "id": { "type": "string" }, "settings": { "$ref": "#/components/schemas/EventSettings" },
                     "joined": { "type": "integer" }, "waiting": { "type": "integer" }, "admitted": { "type": "integer" },
-                    "finished": { "type": "integer" }, "active": { "type": "boolean" },
+                    "finished": { "type": "integer" }, "active": { "type": "boolean" }, "pre_queued": { "type": "integer" },
                     "totals": { "type": "object", "properties": {
                         "admitted": { "type": "integer" }, "completed": { "type": "integer" }, "expired": { "type": "integer" },
                         "abandoned": { "type": "integer" }, "left": { "type": "integer" }, "revoked": { "type": "integer" } } },

@@ -325,7 +325,7 @@ pub struct PublicEvent {
     pub event: String,
     /// open, paused or closed.
     pub state: dispatcher_admission::EventState,
-    /// fifo, passthrough or reject.
+    /// fifo, passthrough, reject or prequeue.
     pub queue_mode: dispatcher_admission::QueueMode,
     /// Tickets waiting now.
     pub waiting: u64,
@@ -337,6 +337,10 @@ pub struct PublicEvent {
     pub admissions_per_s: Option<f64>,
     /// Origins the waiting page may send admitted visitors on to, token in the URL fragment.
     pub redirect_origins: Vec<String>,
+    /// Visitors in the pre-queue (a `prequeue` event before its start).
+    pub pre_queued: u64,
+    /// When a `prequeue` event starts, ms.
+    pub starts_at_ms: Option<u64>,
 }
 
 pub(crate) async fn public_event<S: AdmissionStore>(
@@ -358,5 +362,7 @@ pub(crate) async fn public_event<S: AdmissionStore>(
         capacity: info.settings.capacity,
         admissions_per_s: app.hub.rate(event.as_str()),
         redirect_origins: app.opts.redirect_origins.clone(),
+        pre_queued: info.pre_queued,
+        starts_at_ms: info.settings.starts_at_ms,
     }))
 }

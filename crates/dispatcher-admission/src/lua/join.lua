@@ -18,6 +18,20 @@ if user ~= '' then
   end
 end
 if cfg.mode == 'reject' then return { 'REJECTED' } end
+if prequeue_open(cfg) then
+  -- Pre-queue: no sequence number yet. Before the start the place is a lottery number (ARGV[7], drawn by
+  -- the caller, below 2^52); after it, behind every lottery entrant in join order.
+  local score = ARGV[7]
+  if NOW >= cfg.start then
+    score = string.format('%.0f', 4503599627370496 + redis.call('HINCRBY', K_CFG, 'qn', 1))
+  end
+  local q = { s = 'Q', seq = '0', joined = NOW_S, admitted = '0', expires = '0', ended = '0', user = user }
+  if redis.call('HSETNX', K_T, id, pack(q)) == 0 then return { 'CONFLICT', 'ticket id collision' } end
+  redis.call('ZADD', K_Q, score, id)
+  if user ~= '' then redis.call('HSET', K_U, user, id) end
+  settle_light(cfg, placement_time(cfg), 0, false, false)
+  return { 'OK', 1, unpack(view(id, q, -1)) }
+end
 local seq = redis.call('HINCRBY', K_CFG, 'seq', 1)
 local r = { s = 'W', seq = string.format('%.0f', seq), joined = NOW_S, admitted = '0', expires = '0', ended = '0', user = user }
 -- 128 random bits never collide in practice; HSETNX makes sure a collision overwrites nothing.

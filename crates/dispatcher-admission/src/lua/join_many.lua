@@ -6,6 +6,8 @@
 local cfg = load_cfg()
 if not cfg then return { 'UNKNOWN_EVENT' } end
 if cfg.state == 'closed' then return { 'CLOSED' } end
+-- The pre-queue takes joins one by one (each with its own lottery number).
+if prequeue_open(cfg) then return { 'PREQUEUE' } end
 local n = math.floor((#ARGV - 4) / 2)
 local ids, users = {}, {}
 for i = 1, n do ids[i] = ARGV[3 + 2 * i]; users[i] = ARGV[4 + 2 * i] end

@@ -8,6 +8,7 @@
 --   KEYS[8] shard active registry (set)  KEYS[9] shard due index (zset event->ms)
 --   KEYS[10] shard entry stream          KEYS[11] shard event catalogue (set)
 --   KEYS[12] revoked (zset token expiry ms->ticket: tickets revoked while admitted, until their token expires)
+--   KEYS[13] pre-queue (zset lottery number->ticket: joined before the start of a prequeue event)
 -- ARGV[1] now in ms ("" = use the server clock), ARGV[2] event id, ARGV[3] entry stream MAXLEN (~, 0 = none),
 -- ARGV[4..] operation arguments.
 -- A ticket record is "S|seq|joined|admitted|expires|ended|user" with S one of
@@ -15,7 +16,7 @@
 -- Every function returns a table whose first element is "OK" or an error code ("UNKNOWN_EVENT", ...).
 
 local KEYS, ARGV
-local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV
+local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV, K_Q
 local EVENT, MAXLEN, NOW, NOW_S
 -- Set by promote(): the admitted count after the step, and whether the per-call limit was reached.
 local P_ADMITTED, P_LIMITED = 0, false
@@ -23,8 +24,9 @@ local P_ADMITTED, P_LIMITED = 0, false
 -- Binds one call's keys and arguments; every registered function starts with it.
 local function bind(keys, args)
   KEYS, ARGV = keys, args
-  K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV =
-    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11], keys[12]
+  K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K_RV, K_Q =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11], keys[12],
+    keys[13]
   EVENT = args[2]
   MAXLEN = tonumber(args[3]) or 0
   local n = tonumber(args[1])
@@ -48,7 +50,8 @@ local function pack(r)
 end
 
 local function load_cfg()
-  local v = redis.call('HMGET', K_CFG, 'cap', 'rate', 'ttl', 'abandon', 'state', 'retention', 'tok', 'tts', 'mode')
+  local v = redis.call('HMGET', K_CFG, 'cap', 'rate', 'ttl', 'abandon', 'state', 'retention', 'tok', 'tts', 'mode',
+    'start')
   if not v[1] then return nil end
   local mode = v[9] or 'fifo'
   -- Passthrough admits while under capacity without the admission rate.
@@ -56,7 +59,7 @@ local function load_cfg()
   if mode == 'passthrough' then rate = 0 end
   return { cap = tonumber(v[1]), rate = rate, ttl = tonumber(v[3]), abandon = tonumber(v[4]),
            state = v[5], retention = tonumber(v[6]), tok = tonumber(v[7]) or 0, tts = tonumber(v[8]) or NOW,
-           mode = mode }
+           mode = mode, start = tonumber(v[10]) or 0 }
 end
 
 -- Token bucket for the optional admission rate (tickets per minute): refills continuously, holds at most
@@ -142,15 +145,58 @@ local function finish_many(ids, recs, state)
   redis.call('ZADD', K_F, unpack(zadd))
 end
 
+-- When the pre-queue is placed into the line: at the start of a prequeue event, or at once if the event no
+-- longer is one (its mode changed).
+local function placement_time(cfg)
+  if cfg.mode == 'prequeue' and NOW < cfg.start then return cfg.start end
+  return NOW
+end
+
+-- Whether a join now goes to the pre-queue: before the start, and after it while the pre-queue is still
+-- being placed (so everyone who joined later stands behind every lottery entrant).
+local function prequeue_open(cfg)
+  if cfg.mode ~= 'prequeue' then return false end
+  return NOW < cfg.start or redis.call('ZCARD', K_Q) > 0
+end
+
+-- Places up to `limit` pre-queued tickets into the line, in lottery order (then join order for those who
+-- came after the start): each takes the next sequence number and becomes a waiter with presence now.
+-- Returns the number placed.
+local function place_prequeued(cfg, limit)
+  if placement_time(cfg) > NOW then return 0 end
+  local popped = redis.call('ZPOPMIN', K_Q, limit)
+  local count = #popped / 2
+  if count == 0 then return 0 end
+  local ids = {}
+  for i = 1, count do ids[i] = popped[2 * i - 1] end
+  local recs = redis.call('HMGET', K_T, unpack(ids))
+  local last = redis.call('HINCRBY', K_CFG, 'seq', count)
+  local first = last - count + 1
+  local hset, zw, zp = {}, {}, {}
+  for i = 1, count do
+    local r = parse(recs[i])
+    r.s = 'W'; r.seq = string.format('%.0f', first + i - 1)
+    hset[#hset + 1] = ids[i]; hset[#hset + 1] = pack(r)
+    zw[#zw + 1] = r.seq; zw[#zw + 1] = ids[i]
+    zp[#zp + 1] = NOW_S; zp[#zp + 1] = ids[i]
+  end
+  redis.call('HSET', K_T, unpack(hset))
+  redis.call('ZADD', K_W, unpack(zw))
+  redis.call('ZADD', K_P, unpack(zp))
+  return count
+end
+
 -- Persist the bucket, keep the active registry and the due index in step with the event's state.
 -- Called at the end of every mutating script, so the registry changes atomically with the queue.
 local function settle(cfg)
   if cfg.rate > 0 then redis.call('HSET', K_CFG, 'tok', string.format('%.17g', cfg.tok), 'tts', cfg.tts) end
   local waiting = redis.call('ZCARD', K_W)
   local admitted = redis.call('ZCARD', K_A)
-  if waiting + admitted > 0 then redis.call('SADD', K_ACTIVE, EVENT) else redis.call('SREM', K_ACTIVE, EVENT) end
+  local prequeued = redis.call('ZCARD', K_Q)
+  if waiting + admitted + prequeued > 0 then redis.call('SADD', K_ACTIVE, EVENT) else redis.call('SREM', K_ACTIVE, EVENT) end
   local due = nil
   local function sooner(t) if t ~= nil and (due == nil or t < due) then due = t end end
+  if prequeued > 0 then sooner(placement_time(cfg)) end
   if admitted > 0 then sooner(tonumber(redis.call('ZRANGE', K_A, 0, 0, 'WITHSCORES')[2])) end
   if waiting > 0 then
     local p = redis.call('ZRANGE', K_P, 0, 0, 'WITHSCORES')
@@ -177,7 +223,9 @@ end
 local function settle_light(cfg, extra, admitted, maybe_empty, busy)
   if cfg.rate > 0 then redis.call('HSET', K_CFG, 'tok', string.format('%.17g', cfg.tok), 'tts', cfg.tts) end
   if maybe_empty then
-    if P_ADMITTED == 0 and redis.call('ZCARD', K_W) == 0 then redis.call('SREM', K_ACTIVE, EVENT) end
+    if P_ADMITTED == 0 and redis.call('ZCARD', K_W) == 0 and redis.call('ZCARD', K_Q) == 0 then
+      redis.call('SREM', K_ACTIVE, EVENT)
+    end
   elseif not busy then
     redis.call('SADD', K_ACTIVE, EVENT)
   end

@@ -26,6 +26,7 @@ if r.s == 'A' then
 else
   redis.call('ZREM', K_W, id)
   redis.call('ZREM', K_P, id)
+  if r.s == 'Q' then redis.call('ZREM', K_Q, id) end
 end
 finish(id, r, target)
 local n = promote(cfg, tonumber(ARGV[4]))

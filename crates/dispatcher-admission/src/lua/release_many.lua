@@ -49,6 +49,7 @@ if #zrem_a > 0 then redis.call('ZREM', K_A, unpack(zrem_a)) end
 if #zrem_w > 0 then
   redis.call('ZREM', K_W, unpack(zrem_w))
   redis.call('ZREM', K_P, unpack(zrem_w))
+  redis.call('ZREM', K_Q, unpack(zrem_w))
 end
 redis.call('HSET', K_T, unpack(hset))
 redis.call('ZADD', K_F, unpack(zadd_f))

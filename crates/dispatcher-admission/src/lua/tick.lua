@@ -40,6 +40,7 @@ if ARGV[6] ~= '1' then
   end
   redis.call('ZREMRANGEBYSCORE', K_RV, '-inf', NOW)
 end
+place_prequeued(cfg, batch)
 local n = promote(cfg, tonumber(ARGV[4]))
 settle(cfg)
 return { 'OK', expired, abandoned, n, purged }

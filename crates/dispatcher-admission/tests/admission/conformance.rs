@@ -59,7 +59,107 @@ conformance!(
     settings_round_trip,
     totals_revocations_and_delete,
     join_many_equals_joins_in_order,
+    prequeue_lottery_at_the_start_then_first_come,
 );
+
+async fn prequeue_lottery_at_the_start_then_first_come<S: AdmissionStore>(s: Arc<S>, c: Clock) {
+    let e = ev("lottery");
+    let start = T0 + 10_000;
+    assert!(
+        matches!(
+            s.configure(
+                &e,
+                &EventSettings {
+                    queue_mode: QueueMode::Prequeue,
+                    ..settings(3)
+                }
+            )
+            .await,
+            Err(AdmissionError::InvalidInput(_))
+        ),
+        "prequeue without a start is refused"
+    );
+    let cfg = EventSettings {
+        queue_mode: QueueMode::Prequeue,
+        starts_at_ms: Some(start),
+        ..settings(3)
+    };
+    s.configure(&e, &cfg).await.expect("configure");
+    assert_eq!(s.event(&e).await.expect("event").settings, cfg);
+    // Early arrivals: pre-queued, no number, nobody admitted even though there is capacity.
+    let user = UserId::new("early-bird").expect("user");
+    let mut early = Vec::new();
+    for i in 0..40 {
+        let u = (i == 0).then(|| user.clone());
+        let j = s.join(&e, u.as_ref()).await.expect("join");
+        assert_eq!(j.ticket.state, TicketState::PreQueued);
+        assert_eq!((j.ticket.seq, j.ticket.ahead), (0, None));
+        early.push(j.ticket.id);
+    }
+    let again = s.join(&e, Some(&user)).await.expect("same user");
+    assert!(!again.created && again.ticket.id == early[0]);
+    let batch = s.join_many(&e, &[None, None]).await.expect("join_many");
+    for j in &batch {
+        let j = j.as_ref().expect("joins");
+        assert_eq!(j.ticket.state, TicketState::PreQueued);
+        early.push(j.ticket.id.clone());
+    }
+    s.leave(&e, &early[5]).await.expect("leave the pre-queue");
+    let info = s.event(&e).await.expect("event");
+    assert_eq!(
+        (info.pre_queued, info.waiting, info.admitted, info.joined),
+        (41, 0, 0, 0)
+    );
+    assert!(info.active, "a pre-queue keeps the event active");
+    assert_eq!(
+        s.tick(&e).await.expect("tick").admitted,
+        0,
+        "nothing before the start"
+    );
+    let shard = dispatcher_admission::shard_of(&e, s.shard_count());
+    assert!(
+        s.due_events(shard, start, 0, 10)
+            .await
+            .expect("due")
+            .contains(&e),
+        "the start is a deadline"
+    );
+    // The start: the pre-queue is placed in a random order; 3 admitted at once.
+    c.advance(10_000);
+    let t = s.tick(&e).await.expect("tick at the start");
+    assert_eq!(t.admitted, 3);
+    let mut seq_of = Vec::new();
+    for (i, id) in early.iter().enumerate() {
+        let t = s.ticket(&e, id).await.expect("ticket");
+        if i == 5 {
+            assert_eq!(t.state, TicketState::Left);
+            continue;
+        }
+        assert!(matches!(
+            t.state,
+            TicketState::Waiting | TicketState::Admitted
+        ));
+        seq_of.push(t.seq);
+    }
+    let mut sorted = seq_of.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (1..=41).collect::<Vec<u64>>(),
+        "every early arrival got one number"
+    );
+    assert_ne!(
+        seq_of, sorted,
+        "the order is shuffled, not the join order (1 in 41! to fail by chance)"
+    );
+    // After the start: first come, first served, behind every early arrival.
+    let late = s.join(&e, None).await.expect("late join");
+    assert_eq!(late.ticket.state, TicketState::Waiting);
+    assert_eq!(late.ticket.seq, 42);
+    assert_eq!(late.ticket.ahead, Some(38));
+    let info = s.event(&e).await.expect("event");
+    assert_eq!((info.pre_queued, info.waiting, info.admitted), (0, 39, 3));
+}
 
 async fn join_many_equals_joins_in_order<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
     let e = ev("batch");
