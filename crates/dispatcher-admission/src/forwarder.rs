@@ -69,9 +69,8 @@ pub type TokenMinter =
 /// Default consumer group of the forwarders.
 pub const DEFAULT_GROUP: &str = "dispatcher-forwarder";
 
-/// Batches up to this size are minted on the calling task; larger ones on the blocking pool, so slow
-/// signatures never hold up the runtime.
-const INLINE_MINT: usize = 32;
+/// Tokens minted between two yields to the runtime.
+const INLINE_MINT: usize = 16;
 
 /// How often the run loop removes dead consumers from the group.
 const CONSUMER_CLEANUP_EVERY: Duration = Duration::from_secs(60);
@@ -980,13 +979,17 @@ impl Forwarder {
                 })
                 .collect()
         }
-        if records.len() <= INLINE_MINT {
-            return Ok(mint_all(&self.minter, records));
+        // Minted on this task in small chunks with a yield between them: the forwarder is background
+        // work, and a burst of admissions (thousands of Ed25519 signatures) must not take the CPU from the
+        // requests the same process serves (a blocking-pool thread would compete with them at the OS level).
+        let mut out = Vec::with_capacity(records.len());
+        let mut rest = records.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<(u16, EntryRecord)> = rest.by_ref().take(INLINE_MINT).collect();
+            out.extend(mint_all(&self.minter, chunk));
+            tokio::task::yield_now().await;
         }
-        let minter = self.minter.clone();
-        tokio::task::spawn_blocking(move || mint_all(&minter, records))
-            .await
-            .map_err(|e| AdmissionError::Unavailable(format!("token minting task failed: {e}")))
+        Ok(out)
     }
 }
 

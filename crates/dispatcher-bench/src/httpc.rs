@@ -103,33 +103,54 @@ impl<R: AsyncRead + Unpin> ResponseReader<R> {
         Ok(v)
     }
 
-    /// Reads the status line and headers: (status, content length, chunked).
+    /// Reads the status line and headers: (status, content length, chunked). Parses in place, without
+    /// allocating per line (the generator's CPU is part of what a loopback benchmark measures).
     pub async fn head(&mut self) -> Result<(u16, Option<usize>, bool), BenchError> {
-        let status_line = self.line().await?;
-        let status = status_line
+        let end = loop {
+            if let Some(p) = find(&self.buf[self.start..], b"\r\n\r\n") {
+                break self.start + p;
+            }
+            self.fill().await?;
+        };
+        let head = &self.buf[self.start..end];
+        let status = head
             .get(9..12)
             .and_then(|s| std::str::from_utf8(s).ok())
             .and_then(|s| s.parse::<u16>().ok())
             .ok_or_else(|| BenchError::Run("bad status line".into()))?;
         let mut len = None;
         let mut chunked = false;
-        loop {
-            let h = self.line().await?;
-            if h.is_empty() {
-                break;
-            }
-            let Some(colon) = h.iter().position(|b| *b == b':') else {
+        for line in head.split(|b| *b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
             };
-            let name = h[..colon].to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&h[colon + 1..]).trim().to_owned();
-            if name == b"content-length" {
-                len = value.parse().ok();
-            } else if name == b"transfer-encoding" && value.eq_ignore_ascii_case("chunked") {
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                len = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                && value.eq_ignore_ascii_case(b"chunked")
+            {
                 chunked = true;
             }
         }
+        self.start = end + 4;
         Ok((status, len, chunked))
+    }
+
+    /// Skips one whole response, returning its status (the body is not copied).
+    pub async fn skip_response(&mut self) -> Result<u16, BenchError> {
+        let (status, len, chunked) = self.head().await?;
+        if chunked {
+            while self.chunk().await?.is_some() {}
+        } else {
+            let n = len.unwrap_or(0);
+            while self.buf.len() - self.start < n {
+                self.fill().await?;
+            }
+            self.start += n;
+        }
+        Ok(status)
     }
 
     /// Reads one whole response.

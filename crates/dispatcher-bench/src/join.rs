@@ -184,12 +184,19 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
     let errors = Arc::new(AtomicU64::new(0));
     let throttled = Arc::new(AtomicU64::new(0));
     let users = Arc::new(AtomicU64::new(0));
+    let windows = (opts.duration.as_millis() / 100 + 50) as usize;
+    let timeline: Arc<Vec<AtomicU64>> = Arc::new((0..windows).map(|_| AtomicU64::new(0)).collect());
     let cpu0 = server.cpu_seconds().unwrap_or(0.0);
-    let start = Instant::now() + Duration::from_millis(200);
+    // Every connection is open before the first request is due: connecting is not part of what is
+    // measured, and a request due before its connection existed would count the connecting as latency.
+    let mut streams = Vec::with_capacity(opts.connections);
+    for c in 0..opts.connections {
+        streams.push(connect_from(source_addr(c), server.addr).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(100);
     let per_conn = opts.rate / opts.connections as f64;
     let mut tasks = Vec::with_capacity(opts.connections);
-    for c in 0..opts.connections {
-        let stream = connect_from(source_addr(c), server.addr).await?;
+    for (c, stream) in streams.into_iter().enumerate() {
         let ctx = ConnCtx {
             server: server.addr,
             per_conn,
@@ -203,6 +210,7 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
             errors: errors.clone(),
             throttled: throttled.clone(),
             users: users.clone(),
+            timeline: timeline.clone(),
         };
         tasks.push(tokio::spawn(drive(stream, ctx)));
     }
@@ -219,6 +227,18 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
         .elapsed()
         .as_secs_f64()
         .max(opts.duration.as_secs_f64());
+    if std::env::var_os("DISPATCHER_BENCH_TIMELINE").is_some() {
+        for (i, w) in timeline.iter().enumerate() {
+            let us = w.load(Ordering::Relaxed);
+            if us > 20_000 {
+                eprintln!(
+                    "  window {:>5.1} s: worst {:.1} ms",
+                    i as f64 / 10.0,
+                    us as f64 / 1000.0
+                );
+            }
+        }
+    }
     let cpu = server.cpu_seconds().unwrap_or(cpu0) - cpu0;
     let rss = server.rss_bytes().unwrap_or(0);
     let events: Vec<String> = (0..opts.events).map(|e| format!("bench-{e}")).collect();
@@ -251,6 +271,16 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
     })
 }
 
+/// Decimal digits of `n`.
+fn digits(mut n: u64) -> usize {
+    let mut d = 1;
+    while n >= 10 {
+        n /= 10;
+        d += 1;
+    }
+    d
+}
+
 struct ConnCtx {
     server: SocketAddr,
     per_conn: f64,
@@ -264,6 +294,8 @@ struct ConnCtx {
     errors: Arc<AtomicU64>,
     throttled: Arc<AtomicU64>,
     users: Arc<AtomicU64>,
+    /// Worst latency (µs) per 100 ms window of due times, for `DISPATCHER_BENCH_TIMELINE=1`.
+    timeline: Arc<Vec<AtomicU64>>,
 }
 
 /// One connection: a writer sending each request when due, a reader matching responses in order.
@@ -277,20 +309,27 @@ async fn drive(stream: tokio::net::TcpStream, ctx: ConnCtx) -> Result<(), BenchE
         let joined = ctx.joined.clone();
         let errors = ctx.errors.clone();
         let throttled = ctx.throttled.clone();
+        let timeline = ctx.timeline.clone();
+        let t0 = ctx.start;
         tokio::spawn(async move {
             let mut rr = ResponseReader::new(r);
             let mut local = Vec::with_capacity(1024);
             for _ in 0..total {
-                let resp = match tokio::time::timeout(Duration::from_secs(30), rr.response()).await
-                {
-                    Ok(Ok(resp)) => resp,
-                    _ => break,
-                };
+                let status =
+                    match tokio::time::timeout(Duration::from_secs(30), rr.skip_response()).await {
+                        Ok(Ok(status)) => status,
+                        _ => break,
+                    };
                 let Some(at) = due.lock().pop_front() else {
                     break;
                 };
-                local.push(at.elapsed().as_micros() as u64);
-                match resp.status {
+                let us = at.elapsed().as_micros() as u64;
+                local.push(us);
+                let w = (at.saturating_duration_since(t0).as_millis() / 100) as usize;
+                if let Some(slot) = timeline.get(w) {
+                    slot.fetch_max(us, Ordering::Relaxed);
+                }
+                match status {
                     200 | 201 => {
                         joined.fetch_add(1, Ordering::Relaxed);
                     }
@@ -335,13 +374,11 @@ async fn drive(stream: tokio::net::TcpStream, ctx: ConnCtx) -> Result<(), BenchE
             }
             let u = ctx.users.fetch_add(1, Ordering::Relaxed);
             let event = u % u64::from(ctx.events);
-            let body = format!("{{\"user\":\"bench-user-{u}\"}}");
-            buf.extend_from_slice(
-                format!(
-                    "POST /v1/events/bench-{event}/tickets HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
+            let body_len = "{\"user\":\"bench-user-\"}".len() + digits(u);
+            use std::io::Write as _;
+            let _ = write!(
+                buf,
+                "POST /v1/events/bench-{event}/tickets HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {body_len}\r\n\r\n{{\"user\":\"bench-user-{u}\"}}"
             );
             dues.push(at);
             i += 1;

@@ -13,11 +13,22 @@ use crate::telemetry;
 /// How often running servers re-read the key directory.
 pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The signing keys in force, and where they come from.
+/// Tokens minted recently, by ticket id: an admission's token is signed once per process, not again by
+/// the forwarder and on every status read of an admitted ticket.
+const CACHE_SIZE: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Cache {
+    by_jti: std::collections::HashMap<String, (EntryClaims, String)>,
+    order: std::collections::VecDeque<String>,
+}
+
+/// The signing keys in force, where they come from, and the tokens minted recently.
 #[derive(Debug)]
 pub struct Tokens {
     ring: RwLock<Arc<KeyRing>>,
     dir: Option<PathBuf>,
+    cache: parking_lot::Mutex<Cache>,
 }
 
 impl Tokens {
@@ -28,6 +39,7 @@ impl Tokens {
         Ok(Self {
             ring: RwLock::new(Arc::new(ring)),
             dir: Some(dir),
+            cache: Default::default(),
         })
     }
 
@@ -41,6 +53,7 @@ impl Tokens {
         Self {
             ring: RwLock::new(Arc::new(ring)),
             dir: None,
+            cache: Default::default(),
         }
     }
 
@@ -63,6 +76,8 @@ impl Tokens {
         }
         tracing::info!(keys = new.len(), "signing keys reloaded");
         *self.ring.write() = Arc::new(fresh);
+        // A key may have gone: cached tokens would no longer verify.
+        *self.cache.lock() = Cache::default();
         Ok(true)
     }
 
@@ -109,11 +124,30 @@ impl Tokens {
         self.mint(&claims)
     }
 
-    /// Mints a token for the given claims.
+    /// Mints a token for the given claims (the same claims give the same token; recent ones come from
+    /// the cache).
     pub fn mint(&self, claims: &EntryClaims) -> Option<String> {
+        if let Some((c, t)) = self.cache.lock().by_jti.get(&claims.jti)
+            && c == claims
+        {
+            return Some(t.clone());
+        }
         match self.ring().mint(claims) {
             Ok(t) => {
                 metrics::counter!(telemetry::TOKENS_MINTED_TOTAL).increment(1);
+                let mut cache = self.cache.lock();
+                if cache
+                    .by_jti
+                    .insert(claims.jti.clone(), (claims.clone(), t.clone()))
+                    .is_none()
+                {
+                    cache.order.push_back(claims.jti.clone());
+                    while cache.order.len() > CACHE_SIZE {
+                        if let Some(old) = cache.order.pop_front() {
+                            cache.by_jti.remove(&old);
+                        }
+                    }
+                }
                 Some(t)
             }
             Err(e) => {

@@ -45,6 +45,14 @@ impl TicketView {
     /// The view of `t`, with its token when admitted and an estimate from `rate_per_s` (admissions per
     /// second of the event, when measured).
     pub fn of(event: &EventId, t: &Ticket, tokens: &Tokens, rate_per_s: Option<f64>) -> Self {
+        Self {
+            token: tokens.for_ticket(event, t),
+            ..Self::without_token(event, t, rate_per_s)
+        }
+    }
+
+    /// The view of `t` without minting its token (the join answer).
+    pub fn without_token(event: &EventId, t: &Ticket, rate_per_s: Option<f64>) -> Self {
         let ahead = if t.state == TicketState::Waiting {
             t.ahead
         } else {
@@ -63,7 +71,7 @@ impl TicketView {
             admitted_at_ms: t.admitted_at_ms,
             expires_at_ms: t.expires_at_ms,
             ended_at_ms: t.ended_at_ms,
-            token: tokens.for_ticket(event, t),
+            token: None,
             fail_open: false,
         }
     }

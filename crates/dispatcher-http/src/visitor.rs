@@ -115,6 +115,8 @@ pub(crate) async fn join<S: AdmissionStore>(
     if joined.created && joined.ticket.state == TicketState::Admitted {
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "join").increment(1);
     }
+    // A ticket admitted at once gets its token in the answer (minted once: the forwarder of this process
+    // finds it in the token cache).
     let view = TicketView::of(
         &event,
         &joined.ticket,

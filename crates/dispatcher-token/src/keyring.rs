@@ -48,7 +48,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 
@@ -79,22 +78,25 @@ pub struct KeyInfo {
 struct RingKey {
     info: KeyInfo,
     public: [u8; 32],
-    encoding: EncodingKey,
+    signing: SigningKey,
+    /// The base64url JOSE header with this key's id, encoded once.
+    header_b64: String,
 }
 
 impl RingKey {
     fn new(signing: &SigningKey, active_from_ms: u64) -> Result<Self, TokenError> {
         let public = signing.verifying_key().to_bytes();
-        let der = signing
-            .to_pkcs8_der()
-            .map_err(|e| TokenError::Signing(format!("encode key: {e}")))?;
+        let kid = kid_of(&public);
+        // The kid is base64url text: it needs no JSON escaping.
+        let header = format!(r#"{{"typ":"JWT","alg":"EdDSA","kid":"{kid}"}}"#);
         Ok(Self {
             info: KeyInfo {
-                kid: kid_of(&public),
+                kid,
                 active_from_ms,
             },
             public,
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
+            signing: signing.clone(),
+            header_b64: URL_SAFE_NO_PAD.encode(header),
         })
     }
 }
@@ -249,13 +251,22 @@ impl KeyRing {
     /// payload `{"iss":"dispatcher","event":…,"user":…,"jti":…,"iat":…,"exp":…}` (`user` omitted when
     /// absent), signed with the key chosen by [`signing_key_for`](Self::signing_key_for). The same
     /// claims give the same token on every call and in every process sharing the key directory.
+    ///
+    /// Signed here with ed25519-dalek (a compact JWS, RFC 7515/8037), not through `jsonwebtoken`, which
+    /// re-parsed the PKCS#8 key on every call: minting is on the hot path of admissions.
     pub fn mint(&self, claims: &EntryClaims) -> Result<String, TokenError> {
-        crate::ensure_crypto_provider();
+        use ed25519_dalek::Signer;
         let key = self.key_for(claims.iat);
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.info.kid.clone());
-        jsonwebtoken::encode(&header, &WireClaimsOut::from(claims), &key.encoding)
-            .map_err(|e| TokenError::Signing(e.to_string()))
+        let payload = serde_json::to_vec(&WireClaimsOut::from(claims))
+            .map_err(|e| TokenError::Signing(format!("claims: {e}")))?;
+        let mut out = String::with_capacity(key.header_b64.len() + payload.len() * 4 / 3 + 100);
+        out.push_str(&key.header_b64);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
+        let signature = key.signing.sign(out.as_bytes());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
+        Ok(out)
     }
 
     /// The public keys as a JWKS, newest activation first. Keys added ahead of time are included.

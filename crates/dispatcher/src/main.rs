@@ -82,6 +82,9 @@ struct JoinArgs {
     connections: usize,
     #[arg(long, default_value_t = 10)]
     events: u32,
+    /// Capacity of each event (the first joiners are admitted, the rest wait).
+    #[arg(long, default_value_t = 1_000)]
+    capacity: u64,
     /// The server's join limit per client address, per second.
     #[arg(long, default_value_t = 100.0)]
     join_rate_per_ip: f64,
@@ -276,8 +279,8 @@ async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs_f64(a.duration),
             connections: a.connections,
             events: a.events,
+            capacity: a.capacity,
             join_rate_per_ip: a.join_rate_per_ip,
-            ..Default::default()
         }
     };
     eprintln!(

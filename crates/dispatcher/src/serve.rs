@@ -62,8 +62,9 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 fn forwarder(store: &RedisStore, cfg: &Config, tokens: Arc<Tokens>) -> anyhow::Result<Forwarder> {
     let minter: TokenMinter = Arc::new(move |r: &EntryRecord| {
         let user = (!r.user.is_empty()).then(|| r.user.clone());
+        // Through the server's token cache: the join or status read that saw the admission in this
+        // process usually minted it already.
         tokens
-            .ring()
             .mint(&EntryClaims::for_admission(
                 r.event.clone(),
                 user,
@@ -71,7 +72,7 @@ fn forwarder(store: &RedisStore, cfg: &Config, tokens: Arc<Tokens>) -> anyhow::R
                 r.admitted_at_ms,
                 r.expires_at_ms,
             ))
-            .map_err(|e| e.to_string())
+            .ok_or_else(|| "minting failed".to_owned())
     });
     let opts = ForwarderOptions {
         dispatch_stream: cfg.forwarder.dispatch_stream.clone(),
