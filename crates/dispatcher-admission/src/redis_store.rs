@@ -586,9 +586,10 @@ impl AdmissionStore for RedisStore {
         users: &[Option<UserId>],
     ) -> Result<Vec<Result<Joined>>> {
         check_join_batch(users)?;
+        let ids: Vec<TicketId> = users.iter().map(|_| TicketId::generate()).collect();
         let mut args = Vec::with_capacity(users.len() * 2);
-        for u in users {
-            args.push(TicketId::generate().as_str().to_owned());
+        for (id, u) in ids.iter().zip(users) {
+            args.push(id.as_str().to_owned());
             args.push(
                 u.as_ref()
                     .map(|u| u.as_str().to_owned())
@@ -607,14 +608,44 @@ impl AdmissionStore for RedisStore {
             }
             return Ok(out);
         }
+        let now = as_u64(at(&items, 1)?)?;
+        let expires = as_u64(at(&items, 2)?)?;
         let mut out = Vec::with_capacity(users.len());
-        let mut i = 1;
+        let mut i = 3;
         while i < items.len() {
+            let k = out.len();
             let code = as_string(&items[i])?;
             match code.as_str() {
-                "N" | "E" => {
+                "N" => {
+                    let (Some(id), Some(user)) = (ids.get(k), users.get(k)) else {
+                        return Err(AdmissionError::Protocol("join_many reply too long".into()));
+                    };
+                    let seq = as_u64(at(&items, i + 1)?)?;
+                    let rank = as_i64(at(&items, i + 2)?)?;
+                    let admitted = rank < 0;
                     out.push(Ok(Joined {
-                        created: code == "N",
+                        created: true,
+                        ticket: Ticket {
+                            id: id.clone(),
+                            seq,
+                            state: if admitted {
+                                TicketState::Admitted
+                            } else {
+                                TicketState::Waiting
+                            },
+                            user: user.clone(),
+                            joined_at_ms: now,
+                            admitted_at_ms: admitted.then_some(now),
+                            expires_at_ms: admitted.then_some(expires),
+                            ended_at_ms: None,
+                            ahead: (!admitted).then_some(rank as u64),
+                        },
+                    }));
+                    i += 3;
+                }
+                "E" => {
+                    out.push(Ok(Joined {
+                        created: false,
                         ticket: ticket_from(&items, i + 1)?,
                     }));
                     i += 10;

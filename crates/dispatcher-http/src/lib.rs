@@ -118,7 +118,7 @@ impl<S: AdmissionStore> App<S> {
         metrics: Option<PrometheusHandle>,
     ) -> Arc<Self> {
         let hub = Arc::new(Hub::new(store.clone(), tokens.clone(), opts.live.clone()));
-        let joins = Arc::new(batch::JoinBatcher::new(store.clone(), opts.join_batch, 2));
+        let joins = Arc::new(batch::JoinBatcher::new(store.clone(), opts.join_batch, 1));
         Arc::new(Self {
             store,
             tokens,

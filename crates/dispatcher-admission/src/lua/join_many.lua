@@ -1,8 +1,10 @@
 -- Join many visitors of one event in one step (the HTTP layer coalesces concurrent joins): the same rules
 -- as join.lua applied in request order, with one sequence-number increment, one write per structure and
 -- one promotion for the whole batch. ARGV[5..] pairs (fresh ticket id, user id or "").
--- Returns {"OK", then per request: "N" + view (new ticket) | "E" + view (the user's live ticket) | "X"
--- (refused by the queueing mode)}. A batch refused as a whole (unknown event, closed) returns that code.
+-- Returns {"OK", now, session end if admitted now, then per request: "N", seq, rank (a new ticket; rank -1
+-- = admitted) | "E" + view (the user's live ticket) | "X" (refused by the queueing mode)}. New tickets are
+-- answered compactly: the caller knows their ids and users. A batch refused as a whole (unknown event,
+-- closed) returns that code.
 local cfg = load_cfg()
 if not cfg then return { 'UNKNOWN_EVENT' } end
 if cfg.state == 'closed' then return { 'CLOSED' } end
@@ -82,7 +84,7 @@ if m > 0 then
 end
 
 local exp_s = string.format('%.0f', NOW + cfg.ttl)
-local out = { 'OK' }
+local out = { 'OK', NOW_S, exp_s }
 for i = 1, n do
   local e = existing[i]
   if e then
@@ -97,13 +99,8 @@ for i = 1, n do
     -- the first k of the queue.
     local place = w0 + (tonumber(seqs[i]) - (tonumber(seqs[fresh[1]]))) -- 0-based place in the queue
     out[#out + 1] = 'N'
-    if place < k then
-      local vv = { ids[i], 'A', seqs[i], NOW_S, NOW_S, exp_s, '0', users[i], -1 }
-      for x = 1, 9 do out[#out + 1] = vv[x] end
-    else
-      local vv = { ids[i], 'W', seqs[i], NOW_S, '0', '0', '0', users[i], place - k }
-      for x = 1, 9 do out[#out + 1] = vv[x] end
-    end
+    out[#out + 1] = seqs[i]
+    if place < k then out[#out + 1] = -1 else out[#out + 1] = place - k end
   else
     local u = users[i]
     local fi = (u ~= '') and first_of[u] or nil
