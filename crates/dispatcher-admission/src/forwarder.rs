@@ -69,6 +69,9 @@ pub type TokenMinter =
 /// Default consumer group of the forwarders.
 pub const DEFAULT_GROUP: &str = "dispatcher-forwarder";
 
+/// The dispatch stream's hard length bound, as a multiple of `dispatch_maxlen` (the trim target).
+pub const DISPATCH_HARD_CAP_FACTOR: u64 = 10;
+
 /// Tokens minted between two yields to the runtime.
 const INLINE_MINT: usize = 16;
 
@@ -85,7 +88,8 @@ pub struct ForwarderOptions {
     pub consumer: String,
     /// Key of the dispatch stream; `None` = `<prefix>:dispatch`.
     pub dispatch_stream: Option<String>,
-    /// Approximate `MAXLEN` of the dispatch stream on every `XADD` (0 = untrimmed). Default 1,000,000.
+    /// Length the dispatch stream is trimmed towards (never past what a consumer group still needs; the
+    /// hard cap on `XADD` is `DISPATCH_HARD_CAP_FACTOR` times it). 0 = untrimmed. Default 1,000,000.
     pub dispatch_maxlen: u64,
     /// Most entries read per shard per round (and per `XAUTOCLAIM` call). Default 500.
     pub batch_size: usize,
@@ -485,13 +489,111 @@ impl Forwarder {
     pub async fn trim_once(&self) -> Result<Vec<ShardLag>> {
         let r = async {
             self.ensure_groups().await?;
-            try_join_all((0..self.streams.len() as u16).map(|shard| self.trim_shard(shard))).await
+            let lags =
+                try_join_all((0..self.streams.len() as u16).map(|shard| self.trim_shard(shard)))
+                    .await?;
+            self.trim_dispatch().await?;
+            Ok(lags)
         }
         .await;
         if r.is_err() {
             self.after_error();
         }
         r
+    }
+
+    /// Trims the dispatch stream towards `dispatch_maxlen`, never past an entry that one of its consumer
+    /// groups (the delivery engine's, a shop's) has not read or acknowledged; with no group, by length.
+    /// Returns the largest group lag (entries not yet acknowledged), also a gauge; a lag past
+    /// `dispatch_maxlen` is warned about, since only the hard cap (`DISPATCH_HARD_CAP_FACTOR` ×) bounds
+    /// the stream then.
+    pub async fn trim_dispatch(&self) -> Result<u64> {
+        if self.opts.dispatch_maxlen == 0 {
+            return Ok(0);
+        }
+        let key = self.dispatch.as_str();
+        let mut conn = self.conn.clone();
+        let groups: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(v) => v,
+            // No dispatch stream yet: nothing to trim.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(self.redis_error("xinfo", e)),
+        };
+        let Value::Array(groups) = groups else {
+            return Err(protocol("XINFO GROUPS reply is not an array"));
+        };
+        if groups.is_empty() {
+            let _: u64 = redis::cmd("XTRIM")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.opts.dispatch_maxlen)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_error("xtrim", e))?;
+            metrics::gauge!(telemetry::FORWARDER_DISPATCH_LAG).set(0.0);
+            return Ok(0);
+        }
+        let mut needed: Option<StreamId> = None;
+        let mut max_lag = 0u64;
+        for g in &groups {
+            let fields = pairs(g);
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            let Some(name) = field("name").and_then(text) else {
+                continue;
+            };
+            let Some(last) = field("last-delivered-id")
+                .and_then(text)
+                .and_then(|s| StreamId::parse(&s))
+            else {
+                continue;
+            };
+            let pending = field("pending").and_then(int).unwrap_or(0);
+            let mut need = last.successor();
+            if pending > 0 {
+                let p: Value = redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.redis_error("xpending", e))?;
+                if let Value::Array(p) = p
+                    && let Some(oldest) = p.get(1).and_then(text).and_then(|s| StreamId::parse(&s))
+                {
+                    need = need.min(oldest);
+                }
+            }
+            needed = Some(needed.map_or(need, |n| n.min(need)));
+            max_lag = max_lag.max(pending + field("lag").and_then(int).unwrap_or(0));
+        }
+        if let Some(needed) = needed {
+            let _: u64 = redis::cmd("XTRIM")
+                .arg(key)
+                .arg("MINID")
+                .arg("~")
+                .arg(needed.to_string())
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.redis_error("xtrim", e))?;
+        }
+        metrics::gauge!(telemetry::FORWARDER_DISPATCH_LAG).set(max_lag as f64);
+        if max_lag > self.opts.dispatch_maxlen {
+            tracing::warn!(
+                stream = key,
+                lag = max_lag,
+                hard_cap = self
+                    .opts
+                    .dispatch_maxlen
+                    .saturating_mul(DISPATCH_HARD_CAP_FACTOR),
+                "a consumer group of the dispatch stream lags beyond dispatch_maxlen; the hard cap will drop unread messages if it keeps falling behind"
+            );
+        }
+        Ok(max_lag)
     }
 
     async fn trim_shard(&self, shard: u16) -> Result<ShardLag> {
@@ -875,7 +977,13 @@ impl Forwarder {
                 Ok(token) => {
                     let c = pipe.cmd("XADD").arg(&self.dispatch);
                     if self.opts.dispatch_maxlen > 0 {
-                        c.arg("MAXLEN").arg("~").arg(self.opts.dispatch_maxlen);
+                        // The hard memory bound only: the periodic trim keeps the stream near
+                        // `dispatch_maxlen` without passing entries a consumer group has not read.
+                        c.arg("MAXLEN").arg("~").arg(
+                            self.opts
+                                .dispatch_maxlen
+                                .saturating_mul(DISPATCH_HARD_CAP_FACTOR),
+                        );
                     }
                     c.arg("*")
                         .arg("ticket")

@@ -31,3 +31,5 @@ pub const FORWARDER_ERRORS_TOTAL: &str = "dispatcher_forwarder_errors_total";
 pub const FORWARDER_LAG: &str = "dispatcher_forwarder_lag";
 /// Failed Redis commands, label `op` (e.g. `xreadgroup`, `xadd`, `xack`).
 pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";
+/// Gauge: the largest lag (pending + unread) of the dispatch stream's consumer groups.
+pub const FORWARDER_DISPATCH_LAG: &str = "dispatcher_forwarder_dispatch_lag";

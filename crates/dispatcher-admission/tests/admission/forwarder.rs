@@ -700,3 +700,75 @@ async fn a_redis_restart_loses_no_admission() {
         .expect("run task");
     drop(server);
 }
+
+#[tokio::test]
+async fn the_dispatch_stream_is_trimmed_but_never_past_what_a_group_needs() {
+    let s = single(2).await;
+    let conn = s.connection();
+    let f = Forwarder::new(
+        &s,
+        minter(),
+        ForwarderOptions {
+            // Trim target 100, hard cap 1,000 on every XADD (above the 350 messages of this test).
+            dispatch_maxlen: 100,
+            ..opts("dt")
+        },
+    )
+    .expect("forwarder");
+    let key = f.dispatch_stream().to_owned();
+    // A downstream consumer group (the delivery engine's, a shop's) that has read nothing yet.
+    let mut c = conn.clone();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("shop")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .expect("group");
+    admit(&s, &[ev("dt-a"), ev("dt-b")], 175, "dt").await;
+    drain(&f).await;
+    assert_eq!(xlen(&conn, &key).await, 350);
+    let lag = f.trim_dispatch().await.expect("trim");
+    assert_eq!(lag, 350, "the group has read nothing");
+    assert_eq!(
+        xlen(&conn, &key).await,
+        350,
+        "nothing the group needs is trimmed"
+    );
+    // The group reads and acknowledges everything: now the stream shrinks towards its target.
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("shop")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .expect("read");
+    let ids: Vec<String> = xrange(&conn, &key)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 350);
+    drop(read);
+    let acked: u64 = redis::cmd("XACK")
+        .arg(&key)
+        .arg("shop")
+        .arg(&ids)
+        .query_async(&mut c)
+        .await
+        .expect("ack");
+    assert_eq!(acked, 350);
+    assert_eq!(f.trim_dispatch().await.expect("trim"), 0);
+    let left = xlen(&conn, &key).await;
+    assert!(
+        left < 350,
+        "read and acknowledged messages are trimmed ({left} left)"
+    );
+}
