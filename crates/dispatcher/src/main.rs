@@ -240,10 +240,24 @@ pub fn redact(url: &str) -> String {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // DISPATCHER_WORKER_THREADS: the async worker threads (default: one per core).
+    if let Some(v) = std::env::var("DISPATCHER_WORKER_THREADS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        let n: usize = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .with_context(|| {
+                format!("DISPATCHER_WORKER_THREADS={v:?} is not a number from 1 to 1024")
+            })?;
+        builder.worker_threads(n);
+    }
+    let rt = builder.build().context("starting the async runtime")?;
     match cli.command {
         Command::Demo(args) => {
             let cfg = Config::load(None, &env_map())?;
