@@ -657,15 +657,12 @@ impl AdmissionStore for MemoryStore {
             ev.settings.state != EventState::Closed && ev.prequeue_open(now)
         };
         if one_by_one {
-            let mut out = Vec::with_capacity(users.len());
-            for u in users {
-                match self.join(event, u.as_ref()).await {
-                    Ok(j) => out.push(Ok(j)),
-                    Err(e @ AdmissionError::Rejected(_)) => out.push(Err(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(out);
+            // Each visitor gets its own outcome (a store error fails only the joins it hit, never
+            // a join already written); all in flight at once.
+            return Ok(futures_util::future::join_all(
+                users.iter().map(|u| self.join(event, u.as_ref())),
+            )
+            .await);
         }
         let ids: Vec<TicketId> = users.iter().map(|_| TicketId::generate()).collect();
         self.with_event(event, |ev, cx| {

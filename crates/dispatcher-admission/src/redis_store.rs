@@ -598,15 +598,12 @@ impl AdmissionStore for RedisStore {
         }
         let items = self.run("join_many", event, &args).await?;
         if items.first().map(as_string).transpose()?.as_deref() == Some("PREQUEUE") {
-            let mut out = Vec::with_capacity(users.len());
-            for u in users {
-                match self.join(event, u.as_ref()).await {
-                    Ok(j) => out.push(Ok(j)),
-                    Err(e @ AdmissionError::Rejected(_)) => out.push(Err(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(out);
+            // Each visitor gets its own outcome (a store error fails only the joins it hit, never
+            // a join already written); all in flight at once.
+            return Ok(futures_util::future::join_all(
+                users.iter().map(|u| self.join(event, u.as_ref())),
+            )
+            .await);
         }
         let now = as_u64(at(&items, 1)?)?;
         let expires = as_u64(at(&items, 2)?)?;

@@ -95,7 +95,14 @@ impl<S: AdmissionStore> JoinBatcher<S> {
                 q.pending.drain(..n).collect()
             };
             let users: Vec<Option<UserId>> = batch.iter().map(|(u, _)| u.clone()).collect();
-            match self.store.join_many(&event, &users).await {
+            // A panic in the store call must not leave the event without a flusher: it becomes an error
+            // for this batch, and the loop goes on.
+            let result = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                self.store.join_many(&event, &users),
+            ))
+            .await
+            .unwrap_or_else(|_| Err(AdmissionError::Unavailable("the join call panicked".into())));
+            match result {
                 Ok(outcomes) => {
                     for ((_, tx), o) in batch.into_iter().zip(outcomes) {
                         let _ = tx.send(o);

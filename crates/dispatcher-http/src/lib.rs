@@ -198,12 +198,16 @@ impl<S: AdmissionStore> App<S> {
     pub async fn refresh_events(&self) {
         let shards = self.store.shard_count();
         let lists = futures_util::future::join_all((0..shards).map(|s| self.store.events(s))).await;
+        let mut complete = true;
+        let mut seen = std::collections::HashSet::new();
         for list in lists {
             let Ok(list) = list else {
                 metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => "events").increment(1);
+                complete = false;
                 continue;
             };
-            for e in list.into_iter().take(1_000) {
+            for e in list {
+                seen.insert(e.clone());
                 if let Ok(info) = self.store.event(&e).await {
                     self.remember_settings(&e, &info.settings);
                     let label = e.to_string();
@@ -214,6 +218,10 @@ impl<S: AdmissionStore> App<S> {
                 }
             }
         }
+        // Events deleted elsewhere leave the cache (only after a complete listing).
+        if complete {
+            self.settings.write().retain(|e, _| seen.contains(e));
+        }
     }
 
     /// The client address of a request.
@@ -222,7 +230,8 @@ impl<S: AdmissionStore> App<S> {
             && let Some(ip) = headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                // The last hop is the one the trusted proxy appended; earlier ones are the client's word.
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         {
             return ip;

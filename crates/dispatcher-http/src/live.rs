@@ -288,7 +288,11 @@ impl<S: AdmissionStore> Hub<S> {
                     match self.store.live(&event, chunk).await {
                         Ok(views) => {
                             for (id, t) in chunk.iter().zip(views) {
-                                let Some(t) = t else { continue };
+                                let Some(t) = t else {
+                                    // Purged or gone: end its streams (dropping the sender ends them).
+                                    self.forget(&event, Some(id));
+                                    continue;
+                                };
                                 // An admitted ticket that is still admitted shows nothing new: skip
                                 // re-minting its token.
                                 if t.state == TicketState::Admitted
@@ -300,6 +304,10 @@ impl<S: AdmissionStore> Hub<S> {
                                 self.push(&event, id, v);
                             }
                         }
+                        Err(dispatcher_admission::AdmissionError::UnknownEvent(_)) => {
+                            // Deleted: every stream of the event ends.
+                            self.forget(&event, None);
+                        }
                         Err(e) => {
                             metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => "live")
                                 .increment(1);
@@ -310,6 +318,22 @@ impl<S: AdmissionStore> Hub<S> {
             })
             .await;
         metrics::histogram!(telemetry::LIVE_PASS_DURATION).record(started.elapsed().as_secs_f64());
+    }
+
+    /// Drops the watch of a ticket (or of every ticket of the event): its streams end. The connections'
+    /// subscriptions still count themselves out when dropped.
+    fn forget(&self, event: &EventId, ticket: Option<&TicketId>) {
+        let mut w = self.watched.lock();
+        match ticket {
+            Some(t) => {
+                if let Some(tickets) = w.get_mut(event) {
+                    tickets.remove(t);
+                }
+            }
+            None => {
+                w.remove(event);
+            }
+        }
     }
 
     fn current_state(&self, event: &EventId, ticket: &TicketId) -> Option<TicketState> {

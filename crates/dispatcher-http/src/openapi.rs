@@ -173,12 +173,12 @@ fn paths_and_schemas() -> Value {
                     "parameters": [event_param()],
                     "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JoinRequest" } } } },
                     "responses": {
-                        "200": ok("The user's existing live ticket, or a fail-open admission while the store is down", "Ticket"),
+                        "200": ok("A fail-open admission while the store is down", "Ticket"),
                         "201": ok("A new ticket", "Ticket"),
                         "400": err("Invalid event id, user id or body"),
                         "403": err("The event's queueing mode rejects new joins"),
                         "404": err("Unknown event"),
-                        "409": err("The event is closed to new joins"),
+                        "409": err("The event is closed to new joins, or this user already holds a live ticket (already_joined; its secret is not revealed)"),
                         "413": err("Body too large"),
                         "429": err("Too many joins from this address or user (Retry-After)"),
                         "503": err("The store is unavailable and the event fails closed (Retry-After)")

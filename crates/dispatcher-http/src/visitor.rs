@@ -112,7 +112,20 @@ pub(crate) async fn join<S: AdmissionStore>(
         }
         Err(e) => return Err(ApiError::from(e)),
     };
-    if joined.created && joined.ticket.state == TicketState::Admitted {
+    if !joined.created {
+        // The user already holds a live ticket. User ids are the client's word, so the answer must not
+        // hand that ticket's secret (or token) to whoever names the user: no second ticket is made, and
+        // the holder keeps using the ticket it has.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_joined",
+            format!(
+                "this user already holds a live ticket for event {event}; use that ticket (a new one \
+                 can be had once it has ended)"
+            ),
+        ));
+    }
+    if joined.ticket.state == TicketState::Admitted {
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "join").increment(1);
     }
     // A ticket admitted at once gets its token in the answer (minted once: the forwarder of this process
@@ -140,10 +153,16 @@ fn fail_open_or_closed<S: AdmissionStore>(
     user: Option<&UserId>,
     e: AdmissionError,
 ) -> ApiResult<Response> {
-    let Some(settings) = app.known_settings(event).filter(|s| s.fail_open) else {
+    let now = dispatcher_admission::system_now_ms();
+    // Only an event that would let this visitor in now fails open: open, taking joins, past any start.
+    let Some(settings) = app.known_settings(event).filter(|s| {
+        s.fail_open
+            && s.state == dispatcher_admission::EventState::Open
+            && !matches!(s.queue_mode, dispatcher_admission::QueueMode::Reject)
+            && s.starts_at_ms.is_none_or(|start| now >= start)
+    }) else {
         return Err(ApiError::from(e));
     };
-    let now = dispatcher_admission::system_now_ms();
     let ticket = TicketId::generate();
     let expires = now + settings.session_ttl_ms;
     let token = app.tokens.mint(&EntryClaims::for_admission(
@@ -276,15 +295,16 @@ pub(crate) async fn live<S: AdmissionStore>(
 ) -> ApiResult<Response> {
     let (event, t) = read_with_presence(&app, &event, &ticket).await?;
     let initial = TicketView::of(&event, &t, &app.tokens, app.hub.rate(event.as_str()));
-    let first = sse_event(&initial);
     if initial.state.is_final() {
-        let stream = futures_util::stream::iter([Ok::<_, Infallible>(first)]);
+        let stream = futures_util::stream::iter([Ok::<_, Infallible>(sse_event(&initial))]);
         return Ok(Sse::new(stream).into_response());
     }
     let Some(mut sub) = app.hub.subscribe(&event, initial) else {
         return Err(ApiError::from(AdmissionError::UnknownTicket));
     };
-    sub.rx.mark_unchanged();
+    // The watch may already hold a newer view (another connection to this ticket saw its admission
+    // between our read and the subscription): that is the first event then.
+    let first = sse_event(&sub.rx.borrow_and_update());
     let shutdown = app.shutdown_signal();
     let stream = futures_util::stream::unfold(
         (Some(first), sub, shutdown, false),

@@ -261,24 +261,26 @@ async fn joining_twice_with_the_same_user_returns_the_same_ticket() {
     srv.configure("drop", settings(1, TTL_MS)).await;
     let first = srv.join("drop", Some("alice")).await;
     assert_eq!(first.status, StatusCode::CREATED);
+    // The same user again: no second ticket, and the answer does not hand the first ticket's secret (or
+    // token) to whoever names the user id.
     let again = srv.join("drop", Some("alice")).await;
     assert_eq!(
         again.status,
-        StatusCode::OK,
+        StatusCode::CONFLICT,
         "an existing ticket is not created"
     );
-    assert_eq!(
-        first.json(),
-        again.json(),
-        "the same ticket, token included"
+    assert_eq!(s(&again.json()["error"], "code"), "already_joined");
+    let body = String::from_utf8_lossy(&again.body).to_string();
+    assert!(
+        !body.contains(s(&first.json(), "ticket")),
+        "the ticket id is not revealed: {body}"
     );
     let other = srv.join("drop", Some("bob")).await;
     assert_eq!(other.status, StatusCode::CREATED);
     assert_ne!(s(&other.json(), "ticket"), s(&first.json(), "ticket"));
-    // A waiting user joins again: still the same ticket, same place.
+    // A waiting user joins again: still one ticket.
     let bob_again = srv.join("drop", Some("bob")).await;
-    assert_eq!(bob_again.status, StatusCode::OK);
-    assert_eq!(s(&bob_again.json(), "ticket"), s(&other.json(), "ticket"));
+    assert_eq!(bob_again.status, StatusCode::CONFLICT);
     // Anonymous joins always create.
     assert_eq!(srv.join("drop", None).await.status, StatusCode::CREATED);
     assert_eq!(srv.join("drop", None).await.status, StatusCode::CREATED);
