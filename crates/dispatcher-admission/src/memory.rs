@@ -543,6 +543,17 @@ impl AdmissionStore for MemoryStore {
         Ok(Configured { created, admitted })
     }
 
+    async fn set_state(&self, event: &EventId, state: EventState) -> Result<u64> {
+        self.with_event(event, |ev, cx| {
+            ev.settings.state = state;
+            if ev.rate() > 0 {
+                ev.refill(cx.now);
+            }
+            ev.place_prequeued(cx.now, cx.limit);
+            Ok(ev.promote(cx))
+        })
+    }
+
     async fn event(&self, event: &EventId) -> Result<EventInfo> {
         let inner = self.inner.lock();
         let ev = inner

@@ -20,7 +20,7 @@ use crate::store::{
 const LIB: &str = include_str!("lua/lib.lua");
 
 /// The operations of the library: (name, source file body).
-const OPS: [(&str, &str); 11] = [
+const OPS: [(&str, &str); 12] = [
     ("configure", include_str!("lua/configure.lua")),
     ("join", include_str!("lua/join.lua")),
     ("ticket", include_str!("lua/ticket.lua")),
@@ -32,6 +32,7 @@ const OPS: [(&str, &str); 11] = [
     ("revocations", include_str!("lua/revocations.lua")),
     ("delete", include_str!("lua/delete.lua")),
     ("join_many", include_str!("lua/join_many.lua")),
+    ("state", include_str!("lua/state.lua")),
 ];
 
 /// The Redis Functions library of this build: its source and versioned function names. The version is a
@@ -520,6 +521,13 @@ impl AdmissionStore for RedisStore {
             created: as_u64(at(&items, 1)?)? == 1,
             admitted: as_u64(at(&items, 2)?)?,
         })
+    }
+
+    async fn set_state(&self, event: &EventId, state: EventState) -> Result<u64> {
+        let items = self
+            .run("state", event, &[state.as_str().to_owned()])
+            .await?;
+        as_u64(at(&items, 1)?)
     }
 
     async fn event(&self, event: &EventId) -> Result<EventInfo> {

@@ -115,6 +115,14 @@ pub trait AdmissionStore: Send + Sync + 'static {
         settings: &EventSettings,
     ) -> impl Future<Output = Result<Configured>> + Send;
 
+    /// Changes only the event's state (pause, resume, close), leaving every other setting as it is now;
+    /// returns the tickets admitted in the same step (resuming may admit).
+    fn set_state(
+        &self,
+        event: &EventId,
+        state: crate::model::EventState,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
     /// An event's settings and counts.
     fn event(&self, event: &EventId) -> impl Future<Output = Result<EventInfo>> + Send;
 

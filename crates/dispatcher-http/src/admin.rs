@@ -173,26 +173,22 @@ async fn set_state<S: AdmissionStore>(
     state: EventState,
 ) -> ApiResult<axum::Json<EventStats>> {
     let event = event_id(event)?;
+    // Only the state changes: a reconfiguration racing with this call is not undone.
+    let admitted = app
+        .store
+        .set_state(&event, state)
+        .await
+        .map_err(|e| store_err("set_state", e))?;
+    if admitted > 0 {
+        metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "configure").increment(admitted);
+    }
     let info = app
         .store
         .event(&event)
         .await
         .map_err(|e| store_err("event", e))?;
-    let settings = EventSettings {
-        state,
-        ..info.settings
-    };
-    app.store
-        .configure(&event, &settings)
-        .await
-        .map_err(|e| store_err("configure", e))?;
-    app.remember_settings(&event, &settings);
-    tracing::info!(event = %event, state = state.as_str(), "event state changed");
-    let info = app
-        .store
-        .event(&event)
-        .await
-        .map_err(|e| store_err("event", e))?;
+    app.remember_settings(&event, &info.settings);
+    tracing::info!(event = %event, state = state.as_str(), admitted, "event state changed");
     Ok(axum::Json(stats(app, info)))
 }
 

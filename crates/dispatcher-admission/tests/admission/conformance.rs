@@ -60,7 +60,53 @@ conformance!(
     totals_revocations_and_delete,
     join_many_equals_joins_in_order,
     prequeue_lottery_at_the_start_then_first_come,
+    set_state_changes_only_the_state,
 );
+
+async fn set_state_changes_only_the_state<S: AdmissionStore>(s: Arc<S>, _c: Clock) {
+    let e = ev("state-only");
+    let cfg = EventSettings {
+        state: EventState::Paused,
+        fail_open: true,
+        ..settings(2)
+    };
+    s.configure(&e, &cfg).await.expect("configure");
+    futures_join(&s, &e, 3).await;
+    assert_eq!(s.event(&e).await.expect("event").admitted, 0, "paused");
+    // Someone else raises the capacity meanwhile; resuming keeps it.
+    s.configure(
+        &e,
+        &EventSettings {
+            capacity: 3,
+            ..cfg.clone()
+        },
+    )
+    .await
+    .expect("raise");
+    assert_eq!(
+        s.set_state(&e, EventState::Open).await.expect("resume"),
+        3,
+        "resuming admits"
+    );
+    let info = s.event(&e).await.expect("event");
+    assert_eq!(
+        info.settings,
+        EventSettings {
+            capacity: 3,
+            state: EventState::Open,
+            ..cfg.clone()
+        }
+    );
+    assert_eq!(s.set_state(&e, EventState::Closed).await.expect("close"), 0);
+    assert!(matches!(
+        s.join(&e, None).await,
+        Err(AdmissionError::EventClosed(_))
+    ));
+    assert!(matches!(
+        s.set_state(&ev("nope"), EventState::Open).await,
+        Err(AdmissionError::UnknownEvent(_))
+    ));
+}
 
 async fn prequeue_lottery_at_the_start_then_first_come<S: AdmissionStore>(s: Arc<S>, c: Clock) {
     let e = ev("lottery");
