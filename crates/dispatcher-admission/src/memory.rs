@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::store::{
     AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live,
-    system_now_ms,
+    join_each, lottery_number, system_now_ms,
 };
 
 /// Tuning of the in-process store (mirrors [`crate::RedisStoreOptions`]).
@@ -169,21 +169,48 @@ impl Event {
                 break;
             };
             self.q_score.remove(&id);
-            self.seq += 1;
-            let seq = self.seq;
+            let seq = self.next_in_line(&id, now);
             if let Some(r) = self.tickets.get_mut(&id) {
                 r.state = TicketState::Waiting;
                 r.seq = seq;
             }
-            self.waiting.insert(seq, id.clone());
-            self.ranks.add(seq as usize, 1);
-            if let Some(old) = self.last_seen.insert(id.clone(), now) {
-                self.presence.remove(&(old, id.clone()));
-            }
-            self.presence.insert((now, id));
             count += 1;
         }
         count
+    }
+
+    /// Puts `id` at the end of the line: the next sequence number, presence now (mirror of the `HINCRBY
+    /// seq`, `ZADD w`, `ZADD p` of the scripts). Returns the sequence number.
+    fn next_in_line(&mut self, id: &TicketId, now: u64) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        self.waiting.insert(seq, id.clone());
+        self.ranks.add(seq as usize, 1);
+        if let Some(old) = self.last_seen.insert(id.clone(), now) {
+            self.presence.remove(&(old, id.clone()));
+        }
+        self.presence.insert((now, id.clone()));
+        seq
+    }
+
+    /// A new waiting ticket at the end of the line.
+    fn line_up(&mut self, id: &TicketId, user: Option<&UserId>, now: u64) {
+        let seq = self.next_in_line(id, now);
+        self.tickets.insert(
+            id.clone(),
+            Rec {
+                state: TicketState::Waiting,
+                seq,
+                joined: now,
+                admitted: 0,
+                expires: 0,
+                ended: 0,
+                user: user.cloned(),
+            },
+        );
+        if let Some(u) = user {
+            self.users.insert(u.clone(), id.clone());
+        }
     }
 
     fn remove_prequeued(&mut self, id: &TicketId) {
@@ -588,7 +615,7 @@ impl AdmissionStore for MemoryStore {
             }
             if ev.prequeue_open(cx.now) {
                 let score = if cx.now < ev.settings.starts_at_ms.unwrap_or(0) {
-                    crate::redis_store::lottery_number()
+                    lottery_number()
                 } else {
                     ev.qn += 1;
                     (1u64 << 52) + ev.qn
@@ -615,27 +642,7 @@ impl AdmissionStore for MemoryStore {
                     created: true,
                 });
             }
-            ev.seq += 1;
-            let seq = ev.seq;
-            ev.tickets.insert(
-                id.clone(),
-                Rec {
-                    state: TicketState::Waiting,
-                    seq,
-                    joined: cx.now,
-                    admitted: 0,
-                    expires: 0,
-                    ended: 0,
-                    user: user.cloned(),
-                },
-            );
-            ev.waiting.insert(seq, id.clone());
-            ev.ranks.add(seq as usize, 1);
-            ev.presence.insert((cx.now, id.clone()));
-            ev.last_seen.insert(id.clone(), cx.now);
-            if let Some(u) = user {
-                ev.users.insert(u.clone(), id.clone());
-            }
+            ev.line_up(&id, user, cx.now);
             let n = ev.promote(cx);
             cx.light = Some((cx.now + ev.settings.abandon_timeout_ms, n));
             let r = ev
@@ -668,12 +675,7 @@ impl AdmissionStore for MemoryStore {
             ev.settings.state != EventState::Closed && ev.prequeue_open(now)
         };
         if one_by_one {
-            // Each visitor gets its own outcome (a store error fails only the joins it hit, never
-            // a join already written); all in flight at once.
-            return Ok(futures_util::future::join_all(
-                users.iter().map(|u| self.join(event, u.as_ref())),
-            )
-            .await);
+            return Ok(join_each(self, event, users).await);
         }
         let ids: Vec<TicketId> = users.iter().map(|_| TicketId::generate()).collect();
         self.with_event(event, |ev, cx| {
@@ -729,28 +731,7 @@ impl AdmissionStore for MemoryStore {
                 return Err(AdmissionError::Conflict("ticket id collision".into()));
             }
             for &i in &fresh {
-                ev.seq += 1;
-                let seq = ev.seq;
-                let id = ids[i].clone();
-                ev.tickets.insert(
-                    id.clone(),
-                    Rec {
-                        state: TicketState::Waiting,
-                        seq,
-                        joined: cx.now,
-                        admitted: 0,
-                        expires: 0,
-                        ended: 0,
-                        user: users[i].clone(),
-                    },
-                );
-                ev.waiting.insert(seq, id.clone());
-                ev.ranks.add(seq as usize, 1);
-                ev.presence.insert((cx.now, id.clone()));
-                ev.last_seen.insert(id.clone(), cx.now);
-                if let Some(u) = &users[i] {
-                    ev.users.insert(u.clone(), id);
-                }
+                ev.line_up(&ids[i], users[i].as_ref(), cx.now);
             }
             if fresh.is_empty() {
                 cx.unchanged = true;

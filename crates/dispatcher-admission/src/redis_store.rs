@@ -14,7 +14,8 @@ use crate::model::{
     Ticket, TicketId, TicketState, UserId,
 };
 use crate::store::{
-    AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live, shard_of,
+    AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live,
+    join_each, lottery_number, shard_of,
 };
 
 const LIB: &str = include_str!("lua/lib.lua");
@@ -405,11 +406,6 @@ fn opt_ms(v: u64) -> Option<u64> {
     (v > 0).then_some(v)
 }
 
-/// A pre-queue lottery number: uniform below 2^52 (exact in Lua numbers; later joins are placed above it).
-pub(crate) fn lottery_number() -> u64 {
-    rand::random::<u64>() >> 12
-}
-
 /// Decodes `view()` from lib.lua: id, state, seq, joined, admitted, expires, ended, user, rank.
 fn ticket_from(items: &[Value], from: usize) -> Result<Ticket> {
     let id = as_string(at(items, from)?)?;
@@ -606,12 +602,7 @@ impl AdmissionStore for RedisStore {
         }
         let items = self.run("join_many", event, &args).await?;
         if items.first().map(as_string).transpose()?.as_deref() == Some("PREQUEUE") {
-            // Each visitor gets its own outcome (a store error fails only the joins it hit, never
-            // a join already written); all in flight at once.
-            return Ok(futures_util::future::join_all(
-                users.iter().map(|u| self.join(event, u.as_ref())),
-            )
-            .await);
+            return Ok(join_each(self, event, users).await);
         }
         let now = as_u64(at(&items, 1)?)?;
         let expires = as_u64(at(&items, 2)?)?;

@@ -134,8 +134,9 @@ pub trait AdmissionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Joined>> + Send;
 
     /// Joins many visitors of one event in one step, as if each had called [`join`](Self::join) in order
-    /// (at most [`crate::model::MAX_JOIN_BATCH`]): one outcome per visitor. An error for the whole batch
-    /// (unknown event, closed, store down) is returned as the outer error.
+    /// (at most [`crate::model::MAX_JOIN_BATCH`]): one outcome per visitor. A store that refuses the
+    /// whole batch (unknown event, closed, store down) returns that as the outer error. The default joins
+    /// each visitor on its own.
     fn join_many(
         &self,
         event: &EventId,
@@ -143,15 +144,7 @@ pub trait AdmissionStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Result<Joined>>>> + Send {
         async move {
             check_join_batch(users)?;
-            let mut out = Vec::with_capacity(users.len());
-            for u in users {
-                match self.join(event, u.as_ref()).await {
-                    Ok(j) => out.push(Ok(j)),
-                    Err(e @ crate::error::AdmissionError::Rejected(_)) => out.push(Err(e)),
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(out)
+            Ok(join_each(self, event, users).await)
         }
     }
 
@@ -304,6 +297,23 @@ pub(crate) fn check_bulk(tickets: &[TicketId]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Joins each visitor on its own, all in flight at once, each with its own outcome (a failure hits only
+/// the joins it hit, never one already written): the default of [`AdmissionStore::join_many`], and how
+/// both stores take a batch into a pre-queue (one lottery draw per join).
+pub(crate) async fn join_each<S: AdmissionStore + ?Sized>(
+    store: &S,
+    event: &EventId,
+    users: &[Option<UserId>],
+) -> Vec<Result<Joined>> {
+    futures_util::future::join_all(users.iter().map(|u| store.join(event, u.as_ref()))).await
+}
+
+/// A pre-queue lottery number: uniform below 2^52 (exact in Lua numbers; joins after the start are
+/// placed above it).
+pub(crate) fn lottery_number() -> u64 {
+    rand::random::<u64>() >> 12
 }
 
 /// Checks the size of a join batch.

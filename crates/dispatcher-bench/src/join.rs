@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::BenchError;
 use crate::httpc::{ResponseReader, connect_from, source_addr};
-use crate::server::{ServerProcess, redis_persistence};
+use crate::server::{ADMIN, ServerProcess, redis_persistence};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -147,8 +147,6 @@ impl std::fmt::Display for JoinBenchReport {
         )
     }
 }
-
-const ADMIN: &str = "bench-admin-token-0123456789";
 
 /// Runs the benchmark.
 pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError> {

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::BenchError;
 use crate::httpc::{ResponseReader, SseParser, connect_from, source_addr};
-use crate::server::{ServerProcess, redis_persistence};
+use crate::server::{ADMIN, ServerProcess, redis_persistence};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -160,7 +160,6 @@ impl std::fmt::Display for LiveBenchReport {
     }
 }
 
-const ADMIN: &str = "bench-admin-token-0123456789";
 const EV_C: &str = "live-c";
 const EV_E: &str = "live-e";
 

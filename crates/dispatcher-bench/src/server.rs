@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::BenchError;
 
+/// The admin token the benches give the server they start.
+pub(crate) const ADMIN: &str = "bench-admin-token-0123456789";
+
 /// A running server.
 #[derive(Debug)]
 pub struct ServerProcess {

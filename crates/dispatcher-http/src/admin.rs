@@ -94,13 +94,6 @@ fn stats<S: AdmissionStore>(app: &App<S>, info: EventInfo) -> EventStats {
     }
 }
 
-fn store_err(op: &'static str, e: dispatcher_admission::AdmissionError) -> ApiError {
-    if e.is_retryable() {
-        metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => op).increment(1);
-    }
-    ApiError::from(e)
-}
-
 async fn list_events<S: AdmissionStore>(
     State(app): State<Arc<App<S>>>,
 ) -> ApiResult<axum::Json<Vec<EventStats>>> {
@@ -110,13 +103,13 @@ async fn list_events<S: AdmissionStore>(
             .store
             .events(shard)
             .await
-            .map_err(|e| store_err("events", e))?;
+            .map_err(|e| ApiError::store("events", e))?;
         for id in ids {
             match app.store.event(&id).await {
                 Ok(info) => out.push(stats(&app, info)),
                 // Deleted between the two reads.
                 Err(dispatcher_admission::AdmissionError::UnknownEvent(_)) => {}
-                Err(e) => return Err(store_err("event", e)),
+                Err(e) => return Err(ApiError::store("event", e)),
             }
         }
     }
@@ -133,7 +126,7 @@ async fn get_event<S: AdmissionStore>(
         .store
         .event(&event)
         .await
-        .map_err(|e| store_err("event", e))?;
+        .map_err(|e| ApiError::store("event", e))?;
     Ok(axum::Json(stats(&app, info)))
 }
 
@@ -147,7 +140,7 @@ async fn put_event<S: AdmissionStore>(
         .store
         .configure(&event, &settings)
         .await
-        .map_err(|e| store_err("configure", e))?;
+        .map_err(|e| ApiError::store("configure", e))?;
     if r.admitted > 0 {
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "configure")
             .increment(r.admitted);
@@ -158,7 +151,7 @@ async fn put_event<S: AdmissionStore>(
         .store
         .event(&event)
         .await
-        .map_err(|e| store_err("event", e))?;
+        .map_err(|e| ApiError::store("event", e))?;
     let status = if r.created {
         StatusCode::CREATED
     } else {
@@ -178,7 +171,7 @@ async fn set_state<S: AdmissionStore>(
         .store
         .set_state(&event, state)
         .await
-        .map_err(|e| store_err("set_state", e))?;
+        .map_err(|e| ApiError::store("set_state", e))?;
     if admitted > 0 {
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "configure").increment(admitted);
     }
@@ -186,7 +179,7 @@ async fn set_state<S: AdmissionStore>(
         .store
         .event(&event)
         .await
-        .map_err(|e| store_err("event", e))?;
+        .map_err(|e| ApiError::store("event", e))?;
     app.remember_settings(&event, &info.settings);
     tracing::info!(event = %event, state = state.as_str(), admitted, "event state changed");
     Ok(axum::Json(stats(app, info)))
@@ -233,7 +226,7 @@ async fn delete_event<S: AdmissionStore>(
         .store
         .delete_event(&event, q.force)
         .await
-        .map_err(|e| store_err("delete_event", e))?;
+        .map_err(|e| ApiError::store("delete_event", e))?;
     app.forget_settings(&event);
     tracing::info!(event = %event, tickets = deleted.tickets, "event deleted");
     Ok((StatusCode::OK, axum::Json(deleted)).into_response())
@@ -249,7 +242,7 @@ async fn get_ticket<S: AdmissionStore>(
         .store
         .ticket(&event, &ticket)
         .await
-        .map_err(|e| store_err("ticket", e))?;
+        .map_err(|e| ApiError::store("ticket", e))?;
     Ok(axum::Json(TicketView::of(
         &event,
         &t,
@@ -296,7 +289,7 @@ async fn revocations<S: AdmissionStore>(
         .store
         .revocations(&event)
         .await
-        .map_err(|e| store_err("revocations", e))?;
+        .map_err(|e| ApiError::store("revocations", e))?;
     Ok(axum::Json(RevocationList {
         event: event.to_string(),
         revoked,

@@ -96,6 +96,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer to a failed store call `op`; a retryable failure is also counted in
+    /// `dispatcher_redis_errors_total{op}`.
+    pub(crate) fn store(op: &'static str, e: AdmissionError) -> Self {
+        if e.is_retryable() {
+            metrics::counter!(crate::telemetry::REDIS_ERRORS_TOTAL, "op" => op).increment(1);
+        }
+        Self::from(e)
+    }
+}
+
 impl From<AdmissionError> for ApiError {
     fn from(e: AdmissionError) -> Self {
         match e {

@@ -206,17 +206,22 @@ impl<S: AdmissionStore> App<S> {
                 complete = false;
                 continue;
             };
-            for e in list {
-                seen.insert(e.clone());
-                if let Ok(info) = self.store.event(&e).await {
-                    self.remember_settings(&e, &info.settings);
-                    let label = e.to_string();
-                    metrics::gauge!(telemetry::EVENT_WAITING, "event" => label.clone())
-                        .set(info.waiting as f64);
-                    metrics::gauge!(telemetry::EVENT_ADMITTED, "event" => label)
-                        .set(info.admitted as f64);
-                }
-            }
+            seen.extend(list);
+        }
+        // The reads travel together (pipelined on one connection, 64 at a time), not one round trip after
+        // another.
+        let ids: Vec<EventId> = seen.iter().cloned().collect();
+        let mut infos = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(64) {
+            let reads: Vec<_> = chunk.iter().map(|e| self.store.event(e)).collect();
+            infos.extend(futures_util::future::join_all(reads).await);
+        }
+        for info in infos.into_iter().flatten() {
+            self.remember_settings(&info.id, &info.settings);
+            let label = info.id.to_string();
+            metrics::gauge!(telemetry::EVENT_WAITING, "event" => label.clone())
+                .set(info.waiting as f64);
+            metrics::gauge!(telemetry::EVENT_ADMITTED, "event" => label).set(info.admitted as f64);
         }
         // Events deleted elsewhere leave the cache (only after a complete listing).
         if complete {

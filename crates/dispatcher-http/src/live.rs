@@ -229,11 +229,6 @@ impl<S: AdmissionStore> Hub<S> {
             .and_then(|r| r.rate(now, self.opts.rate_window))
     }
 
-    /// Tickets watched now (distinct), over all events.
-    pub fn watched_tickets(&self) -> usize {
-        self.watched.lock().values().map(HashMap::len).sum()
-    }
-
     /// Runs the update pass and the entry-stream tail until `shutdown` resolves.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         let pass = {
@@ -244,7 +239,7 @@ impl<S: AdmissionStore> Hub<S> {
                 let mut slice = 0u32;
                 loop {
                     tick.tick().await;
-                    hub.pass_slice(Some(slice)).await;
+                    hub.pass_slice(slice).await;
                     slice = (slice + 1) % SLICES;
                 }
             }
@@ -257,14 +252,9 @@ impl<S: AdmissionStore> Hub<S> {
         }
     }
 
-    /// One full update pass: re-reads every watched ticket (one store call per event and batch), records
-    /// their presence, and pushes the views that changed.
-    pub async fn pass(&self) {
-        self.pass_slice(None).await;
-    }
-
-    /// The pass over one slice of the watched tickets (`None`: all of them).
-    async fn pass_slice(&self, slice: Option<u32>) {
+    /// The update pass over one slice of the watched tickets: re-reads them (one store call per event and
+    /// batch), records their presence, and pushes the views that changed.
+    async fn pass_slice(&self, slice: u32) {
         let started = Instant::now();
         let snapshot: Vec<(EventId, Vec<TicketId>)> = self
             .watched
@@ -274,7 +264,7 @@ impl<S: AdmissionStore> Hub<S> {
                 (
                     e.clone(),
                     t.iter()
-                        .filter(|(_, w)| slice.is_none_or(|s| w.slice == s))
+                        .filter(|(_, w)| w.slice == slice)
                         .map(|(id, _)| id.clone())
                         .collect::<Vec<_>>(),
                 )
@@ -427,7 +417,11 @@ impl<S: AdmissionStore> Hub<S> {
             }
             if rates.len() > 10_000 {
                 let w = self.opts.rate_window;
-                rates.retain(|_, r| r.rate(now, w).is_some() || !r.secs.is_empty());
+                // Forget events with no admission inside the window.
+                rates.retain(|_, r| {
+                    r.trim(now.saturating_duration_since(r.started).as_secs(), w);
+                    !r.secs.is_empty()
+                });
             }
         }
         for r in records {

@@ -47,12 +47,12 @@ impl TicketView {
     pub fn of(event: &EventId, t: &Ticket, tokens: &Tokens, rate_per_s: Option<f64>) -> Self {
         Self {
             token: tokens.for_ticket(event, t),
-            ..Self::without_token(event, t, rate_per_s)
+            ..Self::untokened(event, t, rate_per_s)
         }
     }
 
-    /// The view of `t` without minting its token (the join answer).
-    pub fn without_token(event: &EventId, t: &Ticket, rate_per_s: Option<f64>) -> Self {
+    /// The view of `t` without its token (what `of` adds it to).
+    fn untokened(event: &EventId, t: &Ticket, rate_per_s: Option<f64>) -> Self {
         let ahead = if t.state == TicketState::Waiting {
             t.ahead
         } else {

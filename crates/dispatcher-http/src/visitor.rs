@@ -50,13 +50,6 @@ pub(crate) fn ticket_id(raw: &str) -> ApiResult<TicketId> {
     TicketId::parse(raw).map_err(|_| ApiError::from(AdmissionError::UnknownTicket))
 }
 
-fn store_err(op: &'static str, e: AdmissionError) -> ApiError {
-    if e.is_retryable() {
-        metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => op).increment(1);
-    }
-    ApiError::from(e)
-}
-
 /// General per-address limit on every visitor route.
 pub(crate) async fn limit_requests<S: AdmissionStore>(
     State(app): State<Arc<App<S>>>,
@@ -207,7 +200,7 @@ async fn read_with_presence<S: AdmissionStore>(
         .store
         .heartbeat(&event, &ticket)
         .await
-        .map_err(|e| store_err("heartbeat", e))?;
+        .map_err(|e| ApiError::store("heartbeat", e))?;
     Ok((event, t))
 }
 
@@ -244,7 +237,7 @@ async fn release<S: AdmissionStore>(
         .store
         .release(&event, &ticket, how)
         .await
-        .map_err(|e| store_err("release", e))?;
+        .map_err(|e| ApiError::store("release", e))?;
     if r.admitted_next > 0 {
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "release")
             .increment(r.admitted_next);
@@ -374,7 +367,7 @@ pub(crate) async fn public_event<S: AdmissionStore>(
         .store
         .event(&event)
         .await
-        .map_err(|e| store_err("event", e))?;
+        .map_err(|e| ApiError::store("event", e))?;
     Ok(axum::Json(PublicEvent {
         event: event.to_string(),
         state: info.settings.state,

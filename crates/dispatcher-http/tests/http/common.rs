@@ -457,6 +457,15 @@ pub fn typed(v: &Value) -> EventSettings {
     serde_json::from_value(v.clone()).expect("event settings")
 }
 
+/// The `Content-Type` of a response ("" when absent).
+pub fn content_type<B>(resp: &hyper::Response<B>) -> String {
+    resp.headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A JSON string field.
 pub fn s<'a>(v: &'a Value, field: &str) -> &'a str {
     v.get(field)

@@ -5,7 +5,7 @@
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Server, SseReader, n, now_s, s, settings};
+use crate::common::{Server, SseReader, content_type, n, now_s, s, settings};
 
 const TTL_MS: u64 = 120_000;
 
@@ -84,12 +84,7 @@ async fn join_wait_admit_complete_hands_the_slot_over_and_pushes_the_token_live(
         )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let ct = content_type(&resp);
     assert!(ct.starts_with("text/event-stream"), "content type {ct}");
     let mut live = SseReader::new(resp.into_body());
     let ev = live.next().await.expect("the first live event");

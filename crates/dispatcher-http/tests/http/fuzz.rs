@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 
-use crate::common::{ADMIN, Server, Setup, s, settings};
+use crate::common::{ADMIN, Server, Setup, content_type, s, settings};
 use crate::ops::ROUTES;
 
 /// Limits stay on, generous enough that the fuzzer is not throttled all the time.
@@ -202,12 +202,7 @@ async fn check(srv: &Server, c: &Case, ticket: &str) -> Result<(), TestCaseError
         .open(method.clone(), &path, &headers, c.body.clone())
         .await;
     let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let ct = content_type(&resp);
     if ct.starts_with("text/event-stream") {
         prop_assert_eq!(status.as_u16(), 200);
         return Ok(());

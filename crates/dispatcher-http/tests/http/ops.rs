@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{ADMIN, Server, Setup, now_s, s, settings};
+use crate::common::{ADMIN, Server, Setup, content_type, now_s, s, settings};
 
 /// Every (method, path) the router serves, as these tests exercise them. The OpenAPI document must list
 /// exactly these.
@@ -96,12 +96,7 @@ async fn every_documented_route_answers_its_documented_method_with_a_documented_
         let headers = [("authorization", auth.as_str())];
         let resp = srv.open(m.clone(), &concrete, &headers, body).await;
         let status = resp.status();
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let ct = content_type(&resp);
         // The live stream never ends: its head is enough.
         let body = if path.ends_with("/live") {
             assert!(ct.starts_with("text/event-stream"), "{path}: {ct}");

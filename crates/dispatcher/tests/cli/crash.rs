@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dispatcher_admission::{
-    AdmissionError, AdmissionStore, EntryRecord, EventId, EventSettings, RedisStore,
-    RedisStoreOptions, TicketId, TicketState, UserId, shard_of,
+    AdmissionError, AdmissionStore, EntryRecord, EventId, EventSettings, RedisStore, TicketId,
+    TicketState, UserId,
 };
 use tokio::task::JoinSet;
 
@@ -190,17 +190,7 @@ async fn all_records(store: &RedisStore, shards: &[u16]) -> Vec<EntryRecord> {
 async fn promoters_sigkilled_mid_run_keep_every_admission_invariant() {
     let redis = testkit::RedisServer::start().expect("spawn redis-server");
     let prefix = format!("crash{}", std::process::id());
-    let store = Arc::new(
-        RedisStore::connect(
-            &redis.url(),
-            RedisStoreOptions {
-                prefix: prefix.clone(),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("connect to the private Redis"),
-    );
+    let store = Arc::new(support::store(&redis.url(), &prefix).await);
     let events: Arc<Vec<EventId>> = Arc::new(
         EVENTS
             .iter()
@@ -218,12 +208,7 @@ async fn promoters_sigkilled_mid_run_keep_every_admission_invariant() {
             .await
             .expect("configure event");
     }
-    let mut shards: Vec<u16> = events
-        .iter()
-        .map(|e| shard_of(e, store.shard_count()))
-        .collect();
-    shards.sort_unstable();
-    shards.dedup();
+    let shards = support::shards_of(&events, store.shard_count());
 
     let mut promoters = Children::default();
     for _ in 0..PROMOTERS {

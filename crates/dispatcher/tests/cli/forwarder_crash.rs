@@ -12,8 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dispatcher_admission::{
-    AdmissionStore, EventId, EventSettings, RedisStore, RedisStoreOptions, TicketId, TicketState,
-    UserId, shard_of,
+    AdmissionStore, EventId, EventSettings, RedisStore, TicketId, TicketState, UserId,
 };
 use testkit::RespValue;
 
@@ -138,15 +137,7 @@ fn counts(messages: &[Message]) -> HashMap<String, usize> {
 async fn forwarder_sigkilled_between_write_and_ack_loses_no_admission() {
     let redis = testkit::RedisServer::start().expect("spawn redis-server");
     let prefix = format!("fwdcrash{}", std::process::id());
-    let store = RedisStore::connect(
-        &redis.url(),
-        RedisStoreOptions {
-            prefix: prefix.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect to the private Redis");
+    let store = support::store(&redis.url(), &prefix).await;
     let events: Vec<EventId> = EVENTS
         .iter()
         .map(|e| EventId::new(*e).expect("event id"))
@@ -163,12 +154,7 @@ async fn forwarder_sigkilled_between_write_and_ack_loses_no_admission() {
             .await
             .expect("configure");
     }
-    let mut shards: Vec<u16> = events
-        .iter()
-        .map(|e| shard_of(e, store.shard_count()))
-        .collect();
-    shards.sort_unstable();
-    shards.dedup();
+    let shards = support::shards_of(&events, store.shard_count());
     assert!(shards.len() > 1, "the events span several shards");
     let all_streams: Vec<String> = (0..store.shard_count())
         .map(|s| store.entry_stream_key(s))

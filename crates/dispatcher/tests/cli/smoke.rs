@@ -3,9 +3,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use dispatcher_admission::{
-    AdmissionError, AdmissionStore, EventId, RedisStore, RedisStoreOptions, TicketState, UserId,
-};
+use dispatcher_admission::{AdmissionError, AdmissionStore, EventId, TicketState, UserId};
 
 use crate::support::{self, Children, TempDir};
 
@@ -20,15 +18,7 @@ async fn serve_configures_events_runs_the_promoter_and_stops_on_sigterm() {
         "dispatcher.toml",
         "[[events]]\nid = \"smoke-x\"\ncapacity = 5\nsession_ttl_ms = 200\n",
     );
-    let store = RedisStore::connect(
-        &redis.url(),
-        RedisStoreOptions {
-            prefix: prefix.clone(),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("connect to the private Redis");
+    let store = support::store(&redis.url(), &prefix).await;
     let event = EventId::new("smoke-x").expect("valid id");
 
     let mut children = Children::default();

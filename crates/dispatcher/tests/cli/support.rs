@@ -43,6 +43,30 @@ pub fn serve(redis_url: &str, prefix: &str) -> Command {
     c
 }
 
+/// A Redis store client with the key prefix the `serve` processes of a test use.
+pub async fn store(redis_url: &str, prefix: &str) -> dispatcher_admission::RedisStore {
+    dispatcher_admission::RedisStore::connect(
+        redis_url,
+        dispatcher_admission::RedisStoreOptions {
+            prefix: prefix.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connect to the private Redis")
+}
+
+/// The distinct shards `events` map to, ascending.
+pub fn shards_of(events: &[dispatcher_admission::EventId], shard_count: u16) -> Vec<u16> {
+    let mut shards: Vec<u16> = events
+        .iter()
+        .map(|e| dispatcher_admission::shard_of(e, shard_count))
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    shards
+}
+
 /// Child processes killed (SIGKILL) and reaped when dropped, so a failing test leaves none behind.
 #[derive(Debug, Default)]
 pub struct Children(pub Vec<Child>);
