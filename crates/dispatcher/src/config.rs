@@ -32,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The entry → dispatch forwarder (Redis stores only).
     pub forwarder: ForwarderConfig,
+    /// The outbox relay (Postgres → Redis Stream).
+    pub outbox: OutboxConfig,
     /// Events configured (created or updated) at start.
     pub events: Vec<EventConfig>,
 }
@@ -134,6 +136,69 @@ impl Default for ForwarderConfig {
     }
 }
 
+/// The outbox relay's settings; seed 002's environment names are kept.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// The relay's kill switch: `false` stops publishing, rows stay pending and the relay keeps its place.
+    /// Env: `DISPATCHER_ENABLED`.
+    pub enabled: bool,
+    /// Postgres holding `dispatcher.outbox`; `serve` runs the relay only when set. Env: `DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Fallback poll period when no wake-up arrives, ms. Env: `DISPATCH_TICK_MS`.
+    pub tick_ms: u64,
+    /// Rows per read and per publish call. Env: `DISPATCH_BATCH_SIZE`.
+    pub batch_size: usize,
+    /// Attempts before a row goes dead. Env: `DISPATCH_MAX_ATTEMPTS`.
+    pub max_attempts: u32,
+    /// Stream key; default `<key_prefix>:outbox`. Env: `DISPATCH_STREAM_NAME`.
+    pub stream_name: Option<String>,
+    /// Approximate MAXLEN of the stream (0 = no trimming). Env: `REDIS_STREAM_MAXLEN`.
+    pub stream_maxlen: u64,
+    /// `outbox prune` deletes sent rows older than this. Env: `OUTBOX_RETENTION_DAYS`.
+    pub retention_days: u32,
+    /// `outbox prune` deletes dead rows older than this. Env: `DLQ_RETENTION_DAYS`.
+    pub dlq_retention_days: u32,
+    /// Partition lease, ms: a crashed relay's rows go to the others after it. Env: `DISPATCH_LEASE_MS`.
+    pub lease_ms: u64,
+    /// LISTEN for the producers' wake-up; `false` polls only (behind a transaction-mode pooler). Env:
+    /// `DISPATCH_LISTEN`.
+    pub listen: bool,
+    /// First retry delay and the cap, ms (exponential, jittered). Env: `DISPATCH_RETRY_BASE_MS`,
+    /// `DISPATCH_RETRY_MAX_MS`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Largest stream entry; a bigger row goes dead at once. Env: `DISPATCH_MAX_ENTRY_BYTES`.
+    pub max_entry_bytes: usize,
+    /// Most rows per second one relay publishes (0 = no limit). Env: `DISPATCH_MAX_ROWS_PER_SEC`.
+    pub max_rows_per_sec: f64,
+    /// Where `outbox run` serves `/metrics` (none by default). Env: `DISPATCHER_METRICS_ADDR`.
+    pub metrics_addr: Option<String>,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            database_url: None,
+            tick_ms: 100,
+            batch_size: 1000,
+            max_attempts: 10,
+            stream_name: None,
+            stream_maxlen: 1_000_000,
+            retention_days: 7,
+            dlq_retention_days: 30,
+            lease_ms: 5_000,
+            listen: true,
+            retry_base_ms: 500,
+            retry_max_ms: 300_000,
+            max_entry_bytes: 1024 * 1024,
+            max_rows_per_sec: 0.0,
+            metrics_addr: None,
+        }
+    }
+}
+
 /// An event to configure at start.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +223,7 @@ impl Default for Config {
             promoter: PromoterConfig::default(),
             http: HttpConfig::default(),
             forwarder: ForwarderConfig::default(),
+            outbox: OutboxConfig::default(),
             events: Vec::new(),
         }
     }
@@ -252,12 +318,105 @@ impl Config {
                 .parse()
                 .with_context(|| format!("DISPATCHER_JOIN_RATE_PER_IP={v:?} is not a number"))?;
         }
+        self.apply_outbox_env(&get)?;
         if let Some(v) = get("DISPATCHER_REQUEST_RATE_PER_IP") {
             self.http.request_rate_per_ip = v
                 .parse()
                 .with_context(|| format!("DISPATCHER_REQUEST_RATE_PER_IP={v:?} is not a number"))?;
         }
         Ok(())
+    }
+
+    fn apply_outbox_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+        }
+        let o = &mut self.outbox;
+        if let Some(v) = get("DISPATCHER_ENABLED") {
+            o.enabled = parse_bool("DISPATCHER_ENABLED", &v)?;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            o.database_url = Some(v);
+        }
+        if let Some(v) = get("DISPATCH_TICK_MS") {
+            o.tick_ms = num("DISPATCH_TICK_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_BATCH_SIZE") {
+            o.batch_size = num("DISPATCH_BATCH_SIZE", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_MAX_ATTEMPTS") {
+            o.max_attempts = num("DISPATCH_MAX_ATTEMPTS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_STREAM_NAME") {
+            o.stream_name = Some(v);
+        }
+        if let Some(v) = get("REDIS_STREAM_MAXLEN") {
+            o.stream_maxlen = num("REDIS_STREAM_MAXLEN", &v)?;
+        }
+        if let Some(v) = get("OUTBOX_RETENTION_DAYS") {
+            o.retention_days = num("OUTBOX_RETENTION_DAYS", &v)?;
+        }
+        if let Some(v) = get("DLQ_RETENTION_DAYS") {
+            o.dlq_retention_days = num("DLQ_RETENTION_DAYS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_LEASE_MS") {
+            o.lease_ms = num("DISPATCH_LEASE_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_LISTEN") {
+            o.listen = parse_bool("DISPATCH_LISTEN", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_RETRY_BASE_MS") {
+            o.retry_base_ms = num("DISPATCH_RETRY_BASE_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_RETRY_MAX_MS") {
+            o.retry_max_ms = num("DISPATCH_RETRY_MAX_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_MAX_ENTRY_BYTES") {
+            o.max_entry_bytes = num("DISPATCH_MAX_ENTRY_BYTES", &v)?;
+        }
+        if let Some(v) = get("DISPATCH_MAX_ROWS_PER_SEC") {
+            o.max_rows_per_sec = num("DISPATCH_MAX_ROWS_PER_SEC", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
+            o.metrics_addr = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The relay's options from this configuration (Redis and Postgres must be configured).
+    pub fn relay_options(&self) -> anyhow::Result<dispatcher_outbox::RelayOptions> {
+        let o = &self.outbox;
+        let database_url = o
+            .database_url
+            .clone()
+            .context("the outbox needs Postgres: set DATABASE_URL (or outbox.database_url)")?;
+        let redis_url = self.redis_url.clone().context(
+            "the outbox relay publishes to Redis: set DISPATCHER_REDIS_URL (or REDIS_URL)",
+        )?;
+        let opts = dispatcher_outbox::RelayOptions {
+            database_url,
+            redis_url,
+            stream: o
+                .stream_name
+                .clone()
+                .unwrap_or_else(|| format!("{}:outbox", self.key_prefix)),
+            maxlen: o.stream_maxlen,
+            batch_size: o.batch_size,
+            tick: std::time::Duration::from_millis(o.tick_ms),
+            max_attempts: o.max_attempts,
+            retry: dispatcher_outbox::Backoff {
+                base: std::time::Duration::from_millis(o.retry_base_ms),
+                max: std::time::Duration::from_millis(o.retry_max_ms.max(o.retry_base_ms)),
+            },
+            lease: std::time::Duration::from_millis(o.lease_ms),
+            listen: o.listen,
+            max_entry_bytes: o.max_entry_bytes,
+            max_rows_per_sec: o.max_rows_per_sec,
+            ..Default::default()
+        };
+        opts.validate().context("outbox settings")?;
+        Ok(opts)
     }
 
     fn validate(&self) -> anyhow::Result<()> {

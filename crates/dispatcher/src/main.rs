@@ -3,6 +3,7 @@
 
 mod config;
 mod demo;
+mod outbox;
 mod serve;
 mod token;
 
@@ -52,6 +53,9 @@ enum Command {
     /// Entry tokens: verify one offline, manage the signing keys.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The transactional outbox relay (Postgres → Redis Stream) and its operations.
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +277,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Join(a)) => rt.block_on(bench_join(a)),
         Command::Bench(BenchCommand::Live(a)) => rt.block_on(bench_live(a)),
         Command::Token(t) => token::run(t),
+        Command::Outbox(o) => rt.block_on(outbox::run(o)),
     }
 }
 

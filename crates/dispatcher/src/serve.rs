@@ -47,13 +47,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
-/// The Prometheus recorder: histograms with buckets fit for latencies in seconds.
+/// Histogram buckets fit for latencies in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 300.0,
+];
+
+/// The Prometheus recorder.
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     PrometheusBuilder::new()
-        .set_buckets(&[
-            0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            5.0, 10.0, 30.0, 60.0, 300.0,
-        ])
+        .set_buckets(LATENCY_BUCKETS)
         .context("metric buckets")?
         .install_recorder()
         .context("installing the metrics recorder")
@@ -149,13 +152,25 @@ async fn serve_with<S: AdmissionStore>(
         app.remember_settings(&e.id, &e.settings);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if cfg.outbox.database_url.is_some() {
+        // Fail at start on bad settings, not later in the background.
+        cfg.relay_options()?;
+        let cfg = cfg.clone();
+        let stop = stop_rx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::outbox::run_relay(&cfg, stop).await {
+                tracing::error!(error = format!("{e:#}"), "outbox relay failed");
+            }
+        });
+        tracing::info!("outbox relay running");
+    }
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let mut tasks = tokio::task::JoinSet::new();
     if cfg.http.enabled {
         let listener = tokio::net::TcpListener::bind(&cfg.http_addr)
             .await
@@ -229,7 +244,7 @@ async fn serve_with<S: AdmissionStore>(
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -1,0 +1,55 @@
+//! The outbox's error type, with kinds a caller can act on.
+
+/// What went wrong, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// Postgres failed or is unreachable; retry later.
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Redis failed or is unreachable; retry later.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Another relay took over a partition this one held: stop publishing its rows.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    /// Bad input (configuration, command arguments, a row the producer helper refuses); nothing changed.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The database schema is missing or newer than this binary.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// A reply that breaks the protocol we expect.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl OutboxError {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        OutboxError::Invalid(msg.into())
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Postgres(_) | OutboxError::Redis(_) | OutboxError::LeaseLost(_)
+        )
+    }
+}
+
+/// The outbox's result type.
+pub type Result<T, E = OutboxError> = std::result::Result<T, E>;
+
+/// Whether a Redis error means the server is unreachable or not serving (the relay backs off and keeps
+/// its place) rather than refusing one command (the row's attempt counts).
+pub(crate) fn redis_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY" | "BUSY")
+        )
+}

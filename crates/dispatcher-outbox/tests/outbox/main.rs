@@ -1,0 +1,1 @@
+//! Integration tests of the outbox relay against real Postgres and Redis servers (spawned by testkit).
