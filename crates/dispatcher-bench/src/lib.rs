@@ -5,6 +5,7 @@ pub mod admission;
 pub mod httpc;
 pub mod join;
 pub mod live;
+pub mod outbox;
 pub mod pool;
 pub mod server;
 

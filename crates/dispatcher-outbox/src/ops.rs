@@ -91,6 +91,9 @@ pub struct ReplayFilter {
     pub ids: Vec<i64>,
     /// Only this event type.
     pub event_type: Option<String>,
+    /// Replay `sent` rows instead of `dead` ones (re-publish what a Redis data loss or `MAXLEN` trimming
+    /// dropped).
+    pub sent: bool,
     /// Count, change nothing.
     pub dry_run: bool,
 }
@@ -114,18 +117,20 @@ pub async fn replay(client: &mut Client, f: &ReplayFilter) -> Result<u64> {
         )
     });
     let ids: Option<&Vec<i64>> = (!f.ids.is_empty()).then_some(&f.ids);
-    let filter = "status = 'dead'
+    let filter = "status = $6
            AND ($1::timestamptz IS NULL OR occurred_at >= $1)
            AND ($2::timestamptz IS NULL OR occurred_at < $2)
            AND ($3::text IS NULL OR last_error ILIKE $3)
            AND ($4::int8[] IS NULL OR id = ANY($4))
            AND ($5::text IS NULL OR event_type = $5)";
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 5] = [
+    let status = if f.sent { "sent" } else { "dead" };
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 6] = [
         (&f.since, Type::TIMESTAMPTZ),
         (&f.until, Type::TIMESTAMPTZ),
         (&pattern, Type::TEXT),
         (&ids, Type::INT8_ARRAY),
         (&f.event_type, Type::TEXT),
+        (&status, Type::TEXT),
     ];
     if f.dry_run {
         let rows = client

@@ -68,6 +68,48 @@ enum BenchCommand {
     Join(JoinArgs),
     /// Live (SSE) connections, updates per second, slot freed → token latency.
     Live(LiveArgs),
+    /// The outbox relay (its own process) against real Postgres and Redis: drain, wake-up cost,
+    /// commit → stream latency, xmin horizon, overload.
+    Outbox(OutboxBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct OutboxBenchArgs {
+    /// Postgres URL allowed to create a database (the bench works in its own and drops it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Rows pre-filled for the drain.
+    #[arg(long)]
+    fill_rows: Option<u64>,
+    /// Steady load, rows/s and seconds.
+    #[arg(long)]
+    steady_rate: Option<f64>,
+    #[arg(long)]
+    steady_secs: Option<f64>,
+    /// Burst load, rows/s and seconds.
+    #[arg(long)]
+    burst_rate: Option<f64>,
+    #[arg(long)]
+    burst_secs: Option<f64>,
+    /// How long the xmin horizon is held (the last minute, or less, is measured).
+    #[arg(long)]
+    horizon_secs: Option<f64>,
+    /// Overload length, seconds.
+    #[arg(long)]
+    overload_secs: Option<f64>,
+    #[arg(long)]
+    skip_horizon: bool,
+    #[arg(long)]
+    skip_overload: bool,
+    /// A short run for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +318,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Pool(p)) => bench_pool(p),
         Command::Bench(BenchCommand::Join(a)) => rt.block_on(bench_join(a)),
         Command::Bench(BenchCommand::Live(a)) => rt.block_on(bench_live(a)),
+        Command::Bench(BenchCommand::Outbox(a)) => rt.block_on(bench_outbox(a)),
         Command::Token(t) => token::run(t),
         Command::Outbox(o) => rt.block_on(outbox::run(o)),
     }
@@ -309,6 +352,53 @@ async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
         opts.connections
     );
     let report = run(&opts).await.context("join benchmark")?;
+    println!("{report}");
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+async fn bench_outbox(a: OutboxBenchArgs) -> anyhow::Result<()> {
+    use dispatcher_bench::outbox::{OutboxBenchOptions, run};
+    let exe = this_exe()?;
+    let mut o = if a.smoke {
+        OutboxBenchOptions::smoke(exe, a.database_url, a.redis)
+    } else {
+        OutboxBenchOptions::full(exe, a.database_url, a.redis)
+    };
+    if let Some(v) = a.fill_rows {
+        o.fill_rows = v;
+    }
+    if let Some(v) = a.steady_rate {
+        o.steady_rate = v;
+    }
+    if let Some(v) = a.steady_secs {
+        o.steady_secs = v;
+    }
+    if let Some(v) = a.burst_rate {
+        o.burst_rate = v;
+    }
+    if let Some(v) = a.burst_secs {
+        o.burst_secs = v;
+    }
+    if let Some(v) = a.horizon_secs {
+        o.horizon_secs = v;
+        o.horizon_measure_secs = o.horizon_measure_secs.min(v / 2.0);
+    }
+    if let Some(v) = a.overload_secs {
+        o.overload_secs = v;
+    }
+    o.skip_horizon = a.skip_horizon;
+    o.skip_overload = a.skip_overload;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = run(&o, &|phase: &str| {
+        bar.set_message(format!("bench outbox: {phase}"))
+    })
+    .await
+    .context("outbox benchmark")?;
+    bar.finish_and_clear();
     println!("{report}");
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

@@ -59,6 +59,9 @@ pub struct ReplayArgs {
     /// Only this event type.
     #[arg(long)]
     event_type: Option<String>,
+    /// Re-publish `sent` rows instead (after a Redis data loss or trimming that outran a consumer group).
+    #[arg(long)]
+    sent: bool,
     /// Count the rows, change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -157,16 +160,18 @@ pub async fn run(cmd: OutboxCommand) -> anyhow::Result<()> {
                 error_contains: a.error_contains,
                 ids: a.ids,
                 event_type: a.event_type,
+                sent: a.sent,
                 dry_run: a.dry_run,
             };
             let mut client = connect(&cfg).await?;
             let n = ops::replay(&mut client, &filter)
                 .await
                 .context("replaying dead rows")?;
+            let which = if a.sent { "sent" } else { "dead" };
             if a.dry_run {
-                println!("{n} dead rows match (dry run: nothing changed)");
+                println!("{n} {which} rows match (dry run: nothing changed)");
             } else {
-                println!("{n} dead rows put back to pending");
+                println!("{n} {which} rows put back to pending");
             }
             Ok(())
         }
