@@ -111,6 +111,13 @@ fn xids(v: &[u64]) -> Vec<String> {
 /// Where a window read continues: after row `(xid, id)`.
 pub type Key = (u64, i64);
 
+/// Window reads leave out rows listed in `outbox_retry`: the session holds those already (it loaded them
+/// with [`load_parked`] or parked them itself) until a settle removes them, in the same transaction that
+/// marks them sent or dead. Without this, a window read again after a crash (its checkpoint not yet
+/// stored) would queue a second copy of a row waiting for its retry, which then retried on its own,
+/// held its aggregate back, and was published even after the row itself went dead.
+const NOT_PARKED: &str = "NOT EXISTS (SELECT 1 FROM dispatcher.outbox_retry r WHERE r.id = o.id)";
+
 /// One page of pending rows of `partitions` from the late transactions of `window`, after `after`, in
 /// `(xid, id)` order.
 pub async fn read_late(
@@ -123,6 +130,7 @@ pub async fn read_late(
     let sql = format!(
         "SELECT {ROW_COLUMNS} FROM dispatcher.outbox o
          WHERE o.xid = ANY($1::text[]::xid8[]) AND o.partition = ANY($2) AND o.status = 'pending'
+           AND {NOT_PARKED}
            AND (o.xid, o.id) > ($3::text::xid8, $4)
          ORDER BY o.xid, o.id LIMIT $5"
     );
@@ -157,6 +165,7 @@ pub async fn read_new(
          WHERE o.xid >= $1::text::xid8 AND o.xid < $2::text::xid8
            AND NOT (o.xid = ANY($3::text[]::xid8[]))
            AND o.partition = ANY($4) AND o.status = 'pending'
+           AND {NOT_PARKED}
            AND (o.xid, o.id) > ($5::text::xid8, $6)
          ORDER BY o.xid, o.id LIMIT $7"
     );

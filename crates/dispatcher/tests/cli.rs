@@ -1,5 +1,6 @@
 //! Integration tests of the `dispatcher` binary: crash injection with several `serve` promoters sharing one
-//! Redis (PRODUCT.md §4), and smoke tests of `serve` and `demo`.
+//! Redis (PRODUCT.md §4), the outbox relay's processes and commands against real Postgres and Redis, and
+//! smoke tests of `serve` and `demo`.
 
 #[path = "cli/browser.rs"]
 mod browser;
@@ -7,6 +8,8 @@ mod browser;
 mod crash;
 #[path = "cli/forwarder_crash.rs"]
 mod forwarder_crash;
+#[path = "cli/outbox.rs"]
+mod outbox;
 #[path = "cli/smoke.rs"]
 mod smoke;
 #[path = "cli/support.rs"]

@@ -1,1 +1,12 @@
 //! Integration tests of the outbox relay against real Postgres and Redis servers (spawned by testkit).
+
+mod concurrent;
+mod fencing;
+mod late_commits;
+mod poison;
+mod prune;
+mod recovery;
+mod restarts;
+mod retries;
+mod support;
+mod wakeup;
