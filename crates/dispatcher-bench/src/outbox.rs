@@ -387,11 +387,12 @@ fn q_ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-/// The next value of the outbox's identity sequence (ids of rows inserted after this are ≥ it).
+/// A value of the outbox's identity sequence: rows inserted after this have higher ids (TRUNCATE does
+/// not reset it).
 async fn next_id(c: &Client) -> Result<i64, BenchError> {
     let r = c
         .query_one(
-            "SELECT COALESCE((SELECT max(id) FROM dispatcher.outbox), 0) + 1",
+            "SELECT nextval(pg_get_serial_sequence('dispatcher.outbox', 'id'))",
             &[],
         )
         .await
