@@ -51,6 +51,9 @@ pub struct OutboxBenchOptions {
     pub overload_secs: f64,
     /// Producer connections.
     pub producers: usize,
+    /// Rows per producer commit in the steady and horizon phases (the burst and overload phases use
+    /// more, so that the producers, not the relay, stay within the machine).
+    pub rows_per_commit: usize,
     /// Skip phases (for quick looks).
     pub skip_horizon: bool,
     pub skip_overload: bool,
@@ -71,9 +74,10 @@ impl OutboxBenchOptions {
             wakeup_secs: 5.0,
             horizon_secs: 180.0,
             horizon_measure_secs: 60.0,
-            overload_relay_rate: 5_000.0,
+            overload_relay_rate: 2_500.0,
             overload_secs: 60.0,
             producers: 24,
+            rows_per_commit: 5,
             skip_horizon: false,
             skip_overload: false,
         }
@@ -737,10 +741,11 @@ async fn run_in(
         rand::random::<u32>()
     );
     r.settings = format!(
-        "postgres: {}; redis: {}; relay: its own process, DISPATCH_BATCH_SIZE=1000 DISPATCH_TICK_MS=100 LISTEN on, REDIS_STREAM_MAXLEN=0 (no trimming, so every row can be checked); payload ≈ 250 B JSON over 50,000 aggregates; {} producer connections",
+        "postgres: {}; redis: {}; relay: its own process, DISPATCH_BATCH_SIZE=1000 DISPATCH_TICK_MS=100 LISTEN on, REDIS_STREAM_MAXLEN=0 (no trimming, so every row can be checked); payload ≈ 250 B JSON over 50,000 aggregates; {} producer connections, {} rows per commit at the steady rate (more in the burst and overload)",
         pg_settings(&db).await,
         redis_persistence(&o.redis).await,
-        o.producers
+        o.producers,
+        o.rows_per_commit
     );
     let epoch = Instant::now();
     let (mut rows, mut lost, mut dup) = (0, 0, 0);
@@ -855,7 +860,7 @@ async fn run_in(
         db_url,
         o.producers,
         o.steady_rate,
-        1,
+        o.rows_per_commit,
         o.steady_secs,
         Some(times.clone()),
     )
@@ -864,7 +869,7 @@ async fn run_in(
     r.steady_achieved_rows_per_sec = produced as f64 / t0.elapsed().as_secs_f64();
     let s1 = times.now();
     progress("latency: burst load");
-    let per_commit = ((o.burst_rate / 5_000.0).ceil() as usize).max(1);
+    let per_commit = ((o.burst_rate / 1_000.0).ceil() as usize).max(o.rows_per_commit);
     let t0 = Instant::now();
     let burst = produce(
         db_url,
@@ -952,7 +957,7 @@ async fn run_in(
             db_url,
             o.producers,
             o.steady_rate,
-            1,
+            o.rows_per_commit,
             o.horizon_secs,
             Some(times.clone()),
         )
@@ -1024,7 +1029,7 @@ async fn run_in(
         };
         let r0 = received.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        let per_commit = ((offered / 2_000.0).ceil() as usize).max(1);
+        let per_commit = ((offered / 1_000.0).ceil() as usize).max(o.rows_per_commit);
         let produced = produce(
             db_url,
             o.producers,

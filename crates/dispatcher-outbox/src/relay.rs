@@ -394,6 +394,9 @@ struct OpenWindow {
     after: db::Key,
 }
 
+/// How long the reader waits after a pass that caught up with rows still arriving.
+const LINGER: Duration = Duration::from_millis(1);
+
 struct Reader {
     client: tokio_postgres::Client,
     groups: Vec<Group>,
@@ -424,6 +427,11 @@ impl Reader {
                 if let Some(pause) = budget.spend(rows) {
                     tokio::time::sleep(pause).await;
                 }
+                if !self.backlog() {
+                    // Caught up while rows keep arriving: linger a moment so that the next pass carries
+                    // a few commits' rows instead of one (a pass costs three statements).
+                    tokio::time::sleep(LINGER).await;
+                }
                 continue;
             }
             metrics::counter!(m::TICKS, "result" => "idle").increment(1);
@@ -433,6 +441,11 @@ impl Reader {
                 _ = self.stop.changed() => {}
             }
         }
+    }
+
+    /// Whether a window is still being read (more rows are there now).
+    fn backlog(&self) -> bool {
+        self.groups.iter().any(|g| g.open.is_some())
     }
 
     /// One page per group; returns how many rows were sent on.

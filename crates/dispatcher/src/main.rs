@@ -100,6 +100,9 @@ struct OutboxBenchArgs {
     /// Overload length, seconds.
     #[arg(long)]
     overload_secs: Option<f64>,
+    /// Rows per producer commit at the steady rate.
+    #[arg(long)]
+    rows_per_commit: Option<usize>,
     #[arg(long)]
     skip_horizon: bool,
     #[arg(long)]
@@ -388,6 +391,10 @@ async fn bench_outbox(a: OutboxBenchArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = a.overload_secs {
         o.overload_secs = v;
+    }
+    if let Some(v) = a.rows_per_commit {
+        anyhow::ensure!(v >= 1, "--rows-per-commit must be at least 1");
+        o.rows_per_commit = v;
     }
     o.skip_horizon = a.skip_horizon;
     o.skip_overload = a.skip_overload;
