@@ -1,19 +1,83 @@
 //! The relay's SQL: connecting, partition leases and their fence, reading windows of rows, and settling
-//! rows (sent, retry, dead). Every statement is sent as an unnamed, typed statement (`query_typed`), so
-//! the relay keeps no prepared statements in the session and runs behind a transaction-mode pooler.
+//! rows (sent, retry, dead). A [`Conn`] either prepares each statement once per connection (planning a
+//! window query costs more than running it) or, in poll-only mode, sends every statement unnamed
+//! (`query_typed`), keeping nothing in the session, so the relay runs behind a transaction-mode pooler.
 
 use std::time::{Duration, SystemTime};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use tokio::sync::Notify;
+
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row as PgRow};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row as PgRow, Statement};
 
 use crate::error::{OutboxError, Result};
 use crate::snapshot::{Snapshot, Window};
 
-/// Connects to Postgres. Notifications received on the connection wake `wake` (when given). The
+/// A connection and, unless in poll-only mode, its prepared statements.
+pub struct Conn {
+    client: Client,
+    prepared: Option<Mutex<HashMap<String, Statement>>>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("prepared", &self.prepared.is_some())
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Conn {
+    /// Runs `sql`: through a statement prepared once on this connection, or unnamed.
+    pub async fn q(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<PgRow>> {
+        let Some(cache) = &self.prepared else {
+            return Ok(self.client.query_typed(sql, params).await?);
+        };
+        let cached = cache.lock().ok().and_then(|c| c.get(sql).cloned());
+        let stmt = match cached {
+            Some(s) => s,
+            None => {
+                let types: Vec<Type> = params.iter().map(|p| p.1.clone()).collect();
+                let s = self.client.prepare_typed(sql, &types).await?;
+                if let Ok(mut c) = cache.lock() {
+                    c.insert(sql.to_owned(), s.clone());
+                }
+                s
+            }
+        };
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.0).collect();
+        Ok(self.client.query(&stmt, &values).await?)
+    }
+}
+
+/// Connects to Postgres with unnamed statements only (see [`connect_with`]).
+pub async fn connect(url: &str, wake: Option<std::sync::Arc<Notify>>) -> Result<Conn> {
+    connect_with(url, wake, false).await
+}
+
+/// Connects to Postgres; `prepared` keeps prepared statements in the session (not behind a
+/// transaction-mode pooler). Notifications received on the connection wake `wake` (when given). The
 /// connection is driven by a spawned task that ends when the client is dropped or the server goes away.
-pub async fn connect(url: &str, wake: Option<std::sync::Arc<Notify>>) -> Result<Client> {
+pub async fn connect_with(
+    url: &str,
+    wake: Option<std::sync::Arc<Notify>>,
+    prepared: bool,
+) -> Result<Conn> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| OutboxError::invalid(format!("bad DATABASE_URL: {e}")))?;
@@ -41,7 +105,10 @@ pub async fn connect(url: &str, wake: Option<std::sync::Arc<Notify>>) -> Result<
             }
         }
     });
-    Ok(client)
+    Ok(Conn {
+        client,
+        prepared: prepared.then(|| Mutex::new(HashMap::new())),
+    })
 }
 
 /// A row read for publication.
@@ -85,16 +152,12 @@ fn parse_row(r: &PgRow, parked: bool) -> Result<OutboxRow> {
     })
 }
 
-async fn q(
-    client: &Client,
-    sql: &str,
-    params: &[(&(dyn ToSql + Sync), Type)],
-) -> Result<Vec<PgRow>> {
+async fn q(client: &Conn, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<PgRow>> {
     Ok(client.query_typed(sql, params).await?)
 }
 
 /// The current transaction snapshot.
-pub async fn current_snapshot(client: &Client) -> Result<Snapshot> {
+pub async fn current_snapshot(client: &Conn) -> Result<Snapshot> {
     let rows = q(client, "SELECT pg_current_snapshot()::text", &[]).await?;
     let text: String = rows
         .first()
@@ -121,7 +184,7 @@ const NOT_PARKED: &str = "NOT EXISTS (SELECT 1 FROM dispatcher.outbox_retry r WH
 /// One page of pending rows of `partitions` from the late transactions of `window`, after `after`, in
 /// `(xid, id)` order.
 pub async fn read_late(
-    client: &Client,
+    client: &Conn,
     window: &Window,
     partitions: &[i16],
     after: Key,
@@ -154,7 +217,7 @@ pub async fn read_late(
 /// One page of pending rows of `partitions` from the new transactions of `window`, after `after`, in
 /// `(xid, id)` order: an index range scan on `(xid, id)` that starts where the last page ended.
 pub async fn read_new(
-    client: &Client,
+    client: &Conn,
     window: &Window,
     partitions: &[i16],
     after: Key,
@@ -199,7 +262,7 @@ pub struct Held {
 }
 
 /// Records this relay as alive.
-pub async fn heartbeat(client: &Client, owner: &str) -> Result<()> {
+pub async fn heartbeat(client: &Conn, owner: &str) -> Result<()> {
     q(
         client,
         "INSERT INTO dispatcher.outbox_relay (owner, seen_at) VALUES ($1, now())
@@ -211,7 +274,7 @@ pub async fn heartbeat(client: &Client, owner: &str) -> Result<()> {
 }
 
 /// Forgets this relay (clean stop).
-pub async fn deregister(client: &Client, owner: &str) -> Result<()> {
+pub async fn deregister(client: &Conn, owner: &str) -> Result<()> {
     q(
         client,
         "DELETE FROM dispatcher.outbox_relay WHERE owner = $1",
@@ -222,7 +285,7 @@ pub async fn deregister(client: &Client, owner: &str) -> Result<()> {
 }
 
 /// Relays alive (seen within `lease`) and partitions nobody holds.
-pub async fn fair_share(client: &Client, lease: Duration) -> Result<(i64, i64)> {
+pub async fn fair_share(client: &Conn, lease: Duration) -> Result<(i64, i64)> {
     let ms = lease.as_millis() as f64;
     let rows = q(
         client,
@@ -242,7 +305,7 @@ pub async fn fair_share(client: &Client, lease: Duration) -> Result<(i64, i64)> 
 /// a new epoch and the session `token` that fences every later write. Partitions this relay held beyond
 /// `want` are released.
 pub async fn acquire(
-    client: &Client,
+    client: &Conn,
     owner: &str,
     token: i64,
     want: i64,
@@ -296,7 +359,7 @@ pub async fn acquire(
 /// Extends this session's leases and stores new checkpoints (`None` = unchanged). Fails with
 /// [`OutboxError::LeaseLost`] unless every partition in `checkpoints` is still this session's.
 pub async fn renew(
-    client: &Client,
+    client: &Conn,
     owner: &str,
     token: i64,
     lease: Duration,
@@ -333,7 +396,7 @@ pub async fn renew(
 }
 
 /// Gives up this session's partitions (clean stop), keeping their checkpoints.
-pub async fn release(client: &Client, owner: &str, token: i64) -> Result<()> {
+pub async fn release(client: &Conn, owner: &str, token: i64) -> Result<()> {
     q(
         client,
         "UPDATE dispatcher.outbox_lease SET owner = NULL, expires_at = '-infinity'
@@ -348,7 +411,7 @@ pub async fn release(client: &Client, owner: &str, token: i64) -> Result<()> {
 /// held behind an earlier row of its aggregate). Entries whose row is gone or no longer pending are
 /// removed.
 pub async fn load_parked(
-    client: &Client,
+    client: &Conn,
     partitions: &[i16],
 ) -> Result<Vec<(OutboxRow, Option<SystemTime>)>> {
     q(
@@ -425,15 +488,33 @@ impl Settlement {
 /// Writes `s` in one transaction, fenced: it commits only while this session still holds all `held`
 /// partitions (their lease rows are locked FOR SHARE, so a takeover waits for it or wins before it).
 pub async fn settle(
-    client: &mut Client,
+    client: &Conn,
     owner: &str,
     token: i64,
     held: usize,
     s: &Settlement,
 ) -> Result<()> {
-    let tx = client.transaction().await?;
-    let fence = tx
-        .query_typed(
+    client.batch_execute("BEGIN").await?;
+    let r = settle_in(client, owner, token, held, s).await;
+    match r {
+        Ok(()) => client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+async fn settle_in(
+    client: &Conn,
+    owner: &str,
+    token: i64,
+    held: usize,
+    s: &Settlement,
+) -> Result<()> {
+    let fence = client
+        .q(
             "SELECT count(*) FROM (SELECT 1 FROM dispatcher.outbox_lease
                                    WHERE owner = $1 AND token = $2 FOR SHARE) f",
             &[(&owner, Type::TEXT), (&token, Type::INT8)],
@@ -451,7 +532,7 @@ pub async fn settle(
     if !s.sent.is_empty() {
         let ids: Vec<i64> = s.sent.iter().map(|x| x.0).collect();
         let picked: Vec<SystemTime> = s.sent.iter().map(|x| x.1).collect();
-        tx.query_typed(
+        client.q(
             "UPDATE dispatcher.outbox o SET status = 'sent', sent_at = now(), picked_at = u.picked,
                     next_attempt_at = NULL
              FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, picked)
@@ -465,7 +546,7 @@ pub async fn settle(
         let attempts: Vec<i32> = s.failed.iter().map(|f| f.attempts).collect();
         let errors: Vec<&str> = s.failed.iter().map(|f| f.error.as_str()).collect();
         let due: Vec<Option<SystemTime>> = s.failed.iter().map(|f| f.retry_at).collect();
-        tx.query_typed(
+        client.q(
             "UPDATE dispatcher.outbox o
              SET attempts = u.attempts, last_error = u.err, next_attempt_at = u.due,
                  picked_at = now(), status = CASE WHEN u.due IS NULL THEN 'dead' ELSE 'pending' END
@@ -481,11 +562,12 @@ pub async fn settle(
         .await?;
     }
     if !s.unpark.is_empty() {
-        tx.query_typed(
-            "DELETE FROM dispatcher.outbox_retry WHERE id = ANY($1)",
-            &[(&s.unpark, Type::INT8_ARRAY)],
-        )
-        .await?;
+        client
+            .q(
+                "DELETE FROM dispatcher.outbox_retry WHERE id = ANY($1)",
+                &[(&s.unpark, Type::INT8_ARRAY)],
+            )
+            .await?;
     }
     if !s.park.is_empty() {
         let ids: Vec<i64> = s.park.iter().map(|p| p.id).collect();
@@ -493,30 +575,30 @@ pub async fn settle(
         let aggs: Vec<&str> = s.park.iter().map(|p| p.aggregate_id.as_str()).collect();
         let xs: Vec<String> = s.park.iter().map(|p| p.xid.to_string()).collect();
         let due: Vec<Option<SystemTime>> = s.park.iter().map(|p| p.due_at).collect();
-        tx.query_typed(
-            "INSERT INTO dispatcher.outbox_retry (id, partition, aggregate_id, xid, due_at)
+        client
+            .q(
+                "INSERT INTO dispatcher.outbox_retry (id, partition, aggregate_id, xid, due_at)
              SELECT id, part, agg, x::xid8, due
              FROM unnest($1::int8[], $2::int2[], $3::text[], $4::text[], $5::timestamptz[])
                   AS u(id, part, agg, x, due)
              ON CONFLICT (id) DO UPDATE SET due_at = EXCLUDED.due_at",
-            &[
-                (&ids, Type::INT8_ARRAY),
-                (&parts, Type::INT2_ARRAY),
-                (&aggs, Type::TEXT_ARRAY),
-                (&xs, Type::TEXT_ARRAY),
-                (&due, Type::TIMESTAMPTZ_ARRAY),
-            ],
-        )
-        .await?;
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&parts, Type::INT2_ARRAY),
+                    (&aggs, Type::TEXT_ARRAY),
+                    (&xs, Type::TEXT_ARRAY),
+                    (&due, Type::TIMESTAMPTZ_ARRAY),
+                ],
+            )
+            .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
 /// Pending rows of `partitions` at or after the oldest of their checkpoints, and the oldest one's
 /// `occurred_at` (µs): the relay's backlog, read through the `(xid, id)` index.
 pub async fn backlog(
-    client: &Client,
+    client: &Conn,
     partitions: &[i16],
     from_xid: u64,
 ) -> Result<(i64, Option<i64>)> {

@@ -217,8 +217,11 @@ impl Relay {
     ) -> Result<SessionEnd> {
         let o = &self.opts;
         let wake = Arc::new(Notify::new());
-        let reader_client = db::connect(&o.database_url, o.listen.then(|| wake.clone())).await?;
-        let settle_client = db::connect(&o.database_url, None).await?;
+        // Prepared statements save the planning of every window query; poll-only mode (behind a
+        // transaction-mode pooler) keeps nothing in the session.
+        let reader_client =
+            db::connect_with(&o.database_url, o.listen.then(|| wake.clone()), o.listen).await?;
+        let settle_client = db::connect_with(&o.database_url, None, o.listen).await?;
         crate::schema::check(&reader_client).await?;
         db::heartbeat(&settle_client, &o.owner).await?;
         let (live, _) = db::fair_share(&settle_client, o.lease).await?;
@@ -398,7 +401,7 @@ struct OpenWindow {
 const LINGER: Duration = Duration::from_millis(1);
 
 struct Reader {
-    client: tokio_postgres::Client,
+    client: db::Conn,
     groups: Vec<Group>,
     batch: i64,
     tick: Duration,
@@ -930,7 +933,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 struct Settler {
-    client: tokio_postgres::Client,
+    client: db::Conn,
     rx: mpsc::Receiver<Settle>,
     owner: String,
     token: i64,
@@ -945,7 +948,7 @@ struct Settler {
 
 impl Settler {
     /// Runs until the publisher is done; hands the connection back.
-    async fn run(mut self) -> Result<tokio_postgres::Client> {
+    async fn run(mut self) -> Result<db::Conn> {
         let renew_every = self.lease / 4;
         let mut next_renewal = Instant::now() + renew_every;
         let mut next_sample = Instant::now();
@@ -986,7 +989,7 @@ impl Settler {
             }
             if !batch.is_empty() {
                 db::settle(
-                    &mut self.client,
+                    &self.client,
                     &self.owner,
                     self.token,
                     self.held.len(),

@@ -112,7 +112,7 @@ fn database_url(cfg: &Config) -> anyhow::Result<String> {
         .context("the outbox needs Postgres: set DATABASE_URL (or outbox.database_url)")
 }
 
-async fn connect(cfg: &Config) -> anyhow::Result<tokio_postgres::Client> {
+async fn connect(cfg: &Config) -> anyhow::Result<db::Conn> {
     let url = database_url(cfg)?;
     db::connect(&url, None)
         .await

@@ -50,7 +50,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_settle_rows() {
     );
 
     // A wakes up and tries to settle: refused, nothing changes.
-    match db::settle(&mut c, "relay-a", 1, 32, &sent(id)).await {
+    match db::settle(&c, "relay-a", 1, 32, &sent(id)).await {
         Err(OutboxError::LeaseLost(_)) => {}
         other => panic!("A settled after losing its lease: {other:?}"),
     }
@@ -63,7 +63,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_settle_rows() {
         }],
         ..Default::default()
     };
-    match db::settle(&mut c, "relay-a", 1, 32, &failed).await {
+    match db::settle(&c, "relay-a", 1, 32, &failed).await {
         Err(OutboxError::LeaseLost(_)) => {}
         other => panic!("A marked a row dead after losing its lease: {other:?}"),
     }
@@ -82,7 +82,7 @@ async fn a_relay_whose_lease_was_taken_over_cannot_settle_rows() {
         .get(0);
     assert_eq!(checkpoint, None, "A stored no checkpoint");
     // The same owner with a stale token (an earlier session of the same process) is fenced too.
-    match db::settle(&mut c, "relay-b", 1, 32, &sent(id)).await {
+    match db::settle(&c, "relay-b", 1, 32, &sent(id)).await {
         Err(OutboxError::LeaseLost(_)) => {}
         other => panic!("a stale token settled: {other:?}"),
     }
@@ -100,14 +100,14 @@ async fn a_relay_whose_lease_was_taken_over_cannot_settle_rows() {
         .expect("C acquires");
     assert_eq!(c_held.len(), 1);
     assert_eq!((c_held[0].partition, c_held[0].epoch), (p, 3));
-    match db::settle(&mut c, "relay-b", 2, 32, &sent(id)).await {
+    match db::settle(&c, "relay-b", 2, 32, &sent(id)).await {
         Err(OutboxError::LeaseLost(msg)) => assert!(msg.contains("31"), "{msg}"),
         other => panic!("B settled while holding 31 of 32 partitions: {other:?}"),
     }
     assert_eq!(rows(&c).await, before, "the row is still untouched");
 
     // The current holders settle fine.
-    db::settle(&mut c, "relay-b", 2, 31, &sent(id))
+    db::settle(&c, "relay-b", 2, 31, &sent(id))
         .await
         .expect("B settles with the partitions it holds");
     assert_eq!(rows(&c).await[&id].2, "sent");

@@ -19,7 +19,7 @@ const AGGREGATES: usize = 20;
 /// (a transaction that failed is simply not counted: the table is the truth). Returns how many
 /// transactions committed.
 async fn produce(url: String, txs: usize, per_tx: usize, pause: Duration) -> usize {
-    let mut db: Option<tokio_postgres::Client> = None;
+    let mut db: Option<dispatcher_outbox::db::Conn> = None;
     let mut committed = 0;
     let mut seq = 0usize;
     for _ in 0..txs {

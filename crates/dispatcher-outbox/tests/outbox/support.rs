@@ -47,7 +47,7 @@ pub async fn fresh_db(pg: &testkit::Postgres) -> String {
 }
 
 /// A client on `url` (its connection runs on a spawned task).
-pub async fn connect(url: &str) -> Client {
+pub async fn connect(url: &str) -> dispatcher_outbox::db::Conn {
     dispatcher_outbox::db::connect(url, None)
         .await
         .expect("connect to the private Postgres")

@@ -89,7 +89,7 @@ fn sigterm(child: &Child) {
     assert!(status.success(), "kill -TERM {}", child.id());
 }
 
-async fn connect(url: &str) -> Client {
+async fn connect(url: &str) -> dispatcher_outbox::db::Conn {
     dispatcher_outbox::db::connect(url, None)
         .await
         .expect("connect to the private Postgres")
