@@ -197,6 +197,8 @@ pub async fn read_late(
            AND (o.xid, o.id) > ($3::text::xid8, $4)
          ORDER BY o.xid, o.id LIMIT $5"
     );
+    // The row comparison never starts below the first late transaction (see `read_new`).
+    let after = after.max((window.late.first().copied().unwrap_or(0), 0));
     let late = xids(&window.late);
     let after_xid = after.0.to_string();
     let rows = q(
@@ -225,14 +227,17 @@ pub async fn read_new(
 ) -> Result<Vec<OutboxRow>> {
     let sql = format!(
         "SELECT {ROW_COLUMNS} FROM dispatcher.outbox o
-         WHERE o.xid >= $1::text::xid8 AND o.xid < $2::text::xid8
-           AND NOT (o.xid = ANY($3::text[]::xid8[]))
-           AND o.partition = ANY($4) AND o.status = 'pending'
+         WHERE o.xid < $1::text::xid8
+           AND NOT (o.xid = ANY($2::text[]::xid8[]))
+           AND o.partition = ANY($3) AND o.status = 'pending'
            AND {NOT_PARKED}
-           AND (o.xid, o.id) > ($5::text::xid8, $6)
-         ORDER BY o.xid, o.id LIMIT $7"
+           AND (o.xid, o.id) > ($4::text::xid8, $5)
+         ORDER BY o.xid, o.id LIMIT $6"
     );
-    let from = window.from.max(after.0).to_string();
+    // One lower bound only, the row comparison: with a second one on `xid` the btree may start from
+    // the weaker of the two and walk the index from the beginning. `(xid, id) > (from, 0)` is
+    // `xid >= from` (ids are positive).
+    let after = after.max((window.from, 0));
     let to = window.to.to_string();
     let in_progress = xids(&window.in_progress);
     let after_xid = after.0.to_string();
@@ -240,7 +245,6 @@ pub async fn read_new(
         client,
         &sql,
         &[
-            (&from, Type::TEXT),
             (&to, Type::TEXT),
             (&in_progress, Type::TEXT_ARRAY),
             (&partitions, Type::INT2_ARRAY),
