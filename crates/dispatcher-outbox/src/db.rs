@@ -599,21 +599,30 @@ async fn settle_in(
     Ok(())
 }
 
-/// Pending rows of `partitions` at or after the oldest of their checkpoints, and the oldest one's
-/// `occurred_at` (µs): the relay's backlog, read through the `(xid, id)` index.
+/// Pending rows of `partitions` not yet read by the relay (transactions that finished after `since`)
+/// plus those waiting for a retry, and the oldest one's `occurred_at` (µs): the backlog, through the
+/// `(xid, id)` index from the checkpoint on.
 pub async fn backlog(
     client: &Conn,
     partitions: &[i16],
-    from_xid: u64,
+    since: &Snapshot,
 ) -> Result<(i64, Option<i64>)> {
-    let from = from_xid.to_string();
+    let xmax = since.xmax.to_string();
+    let xip = xids(&since.xip);
     let rows = q(
         client,
         "SELECT count(*), (extract(epoch from min(o.occurred_at)) * 1000000)::int8 FROM (
              SELECT occurred_at FROM dispatcher.outbox
-             WHERE xid >= $1::text::xid8 AND partition = ANY($2) AND status = 'pending'
-             LIMIT 10000000) o",
-        &[(&from, Type::TEXT), (&partitions, Type::INT2_ARRAY)],
+             WHERE (xid >= $1::text::xid8 OR xid = ANY($2::text[]::xid8[]))
+               AND partition = ANY($3) AND status = 'pending'
+             UNION ALL
+             SELECT o.occurred_at FROM dispatcher.outbox_retry r JOIN dispatcher.outbox o ON o.id = r.id
+             WHERE r.partition = ANY($3)) o",
+        &[
+            (&xmax, Type::TEXT),
+            (&xip, Type::TEXT_ARRAY),
+            (&partitions, Type::INT2_ARRAY),
+        ],
     )
     .await?;
     let r = rows

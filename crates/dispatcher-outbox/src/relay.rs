@@ -245,6 +245,12 @@ impl Relay {
         // The leases are good until the first renewal; a little margin against clock drift and latency.
         let deadline = Arc::new(Mutex::new(lease_started + o.lease.mul_f64(0.8)));
 
+        let oldest = Arc::new(Mutex::new(
+            held.iter()
+                .map(|h| h.checkpoint.clone())
+                .min_by_key(|s| s.xmax)
+                .unwrap_or_else(Snapshot::origin),
+        ));
         let (rows_tx, rows_rx) = mpsc::channel::<Read>(4);
         let (settle_tx, settle_rx) = mpsc::channel::<Settle>(16);
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -282,10 +288,21 @@ impl Relay {
             deadline: deadline.clone(),
             rebalance: rebalance_tx,
             checkpoints: held.iter().map(|h| (h.partition, None)).collect(),
+            latest: held
+                .iter()
+                .map(|h| (h.partition, h.checkpoint.clone()))
+                .collect(),
+            oldest: oldest.clone(),
             wake: wake.clone(),
         };
+        let sampler = tokio::spawn(sample_backlog(
+            o.database_url.clone(),
+            parts.clone(),
+            oldest,
+        ));
 
         let reader_handle = tokio::spawn(reader.run());
+        let _sampler = AbortOnDrop(sampler);
         let publisher_handle = tokio::spawn(async move { publisher_task.run().await });
         let settler_fut = settler.run();
         tokio::pin!(settler_fut);
@@ -334,6 +351,15 @@ impl Relay {
             tracing::info!(owner = %o.owner, "relay stopped; partitions released");
         }
         Ok(end)
+    }
+}
+
+/// Aborts a background task when the session ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -943,6 +969,9 @@ struct Settler {
     rebalance: watch::Sender<bool>,
     /// Checkpoints reached since the last renewal.
     checkpoints: BTreeMap<i16, Option<Snapshot>>,
+    /// Every partition's current checkpoint, and the oldest of them (for the backlog sampler).
+    latest: BTreeMap<i16, Snapshot>,
+    oldest: Arc<Mutex<Snapshot>>,
     wake: Arc<Notify>,
 }
 
@@ -951,7 +980,6 @@ impl Settler {
     async fn run(mut self) -> Result<db::Conn> {
         let renew_every = self.lease / 4;
         let mut next_renewal = Instant::now() + renew_every;
-        let mut next_sample = Instant::now();
         let max_rows = 5_000;
         loop {
             let msg = tokio::select! {
@@ -959,10 +987,6 @@ impl Settler {
                 _ = tokio::time::sleep_until(next_renewal.into()) => {
                     self.renew().await?;
                     next_renewal = Instant::now() + renew_every;
-                    if Instant::now() >= next_sample {
-                        self.sample().await;
-                        next_sample = Instant::now() + Duration::from_secs(5);
-                    }
                     continue;
                 }
             };
@@ -997,10 +1021,18 @@ impl Settler {
                 )
                 .await?;
             }
+            let advanced = !windows.is_empty();
             for (partitions, snapshot) in windows {
                 for p in partitions {
                     self.checkpoints.insert(p, Some(snapshot.clone()));
+                    self.latest.insert(p, snapshot.clone());
                 }
+            }
+            if advanced
+                && let Some(min) = self.latest.values().min_by_key(|s| s.xmax)
+                && let Ok(mut o) = self.oldest.lock()
+            {
+                *o = min.clone();
             }
             if Instant::now() >= next_renewal {
                 self.renew().await?;
@@ -1037,25 +1069,29 @@ impl Settler {
         self.wake.notify_one();
         Ok(())
     }
+}
 
-    async fn sample(&mut self) {
-        let parts: Vec<i16> = self.held.iter().map(|h| h.partition).collect();
-        if parts.is_empty() {
-            return;
-        }
-        let from = self
-            .held
-            .iter()
-            .map(|h| h.checkpoint.xmin)
-            .min()
-            .unwrap_or(1);
-        if let Ok((n, oldest)) = db::backlog(&self.client, &parts, from).await {
+/// Every 5 s, on a connection of its own (never in the settler's way): the backlog of the session's
+/// partitions since their oldest checkpoint.
+async fn sample_backlog(database_url: String, partitions: Vec<i16>, since: Arc<Mutex<Snapshot>>) {
+    if partitions.is_empty() {
+        return;
+    }
+    let Ok(client) = db::connect(&database_url, None).await else {
+        return;
+    };
+    loop {
+        let from = since.lock().map(|s| s.clone()).ok();
+        if let Some(from) = from
+            && let Ok((n, oldest)) = db::backlog(&client, &partitions, &from).await
+        {
             metrics::gauge!(m::PENDING).set(n as f64);
             let age = oldest
                 .map(|us| (unix_micros(SystemTime::now()) - us).max(0) as f64 / 1e6)
                 .unwrap_or(0.0);
             metrics::gauge!(m::OLDEST_PENDING_AGE).set(age);
         }
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod concurrent;
 mod fencing;
+mod lag;
 mod late_commits;
 mod poison;
 mod prune;
