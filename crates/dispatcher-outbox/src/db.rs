@@ -489,24 +489,6 @@ impl Settlement {
     }
 }
 
-/// Runs of consecutive ids `[lo, hi]` covering exactly `sent`, each with the earliest pick time in it.
-pub fn id_ranges(sent: &[(i64, SystemTime)]) -> Vec<(i64, i64, SystemTime)> {
-    let mut v: Vec<(i64, SystemTime)> = sent.to_vec();
-    v.sort_unstable_by_key(|x| x.0);
-    v.dedup_by_key(|x| x.0);
-    let mut out: Vec<(i64, i64, SystemTime)> = Vec::new();
-    for (id, t) in v {
-        match out.last_mut() {
-            Some(last) if last.1.checked_add(1) == Some(id) => {
-                last.1 = id;
-                last.2 = last.2.min(t);
-            }
-            _ => out.push((id, id, t)),
-        }
-    }
-    out
-}
-
 /// Writes `s` in one transaction, fenced: it commits only while this session still holds all `held`
 /// partitions (their lease rows are locked FOR SHARE, so a takeover waits for it or wins before it).
 pub async fn settle(
@@ -552,24 +534,16 @@ async fn settle_in(
         )));
     }
     if !s.sent.is_empty() {
-        // Sent ids are mostly consecutive: one primary-key range scan per run instead of a lookup per id.
-        let ranges = id_ranges(&s.sent);
-        let lo: Vec<i64> = ranges.iter().map(|r| r.0).collect();
-        let hi: Vec<i64> = ranges.iter().map(|r| r.1).collect();
-        let picked: Vec<SystemTime> = ranges.iter().map(|r| r.2).collect();
-        client
-            .q(
-                "UPDATE dispatcher.outbox o SET status = 'sent', sent_at = now(), picked_at = r.picked,
-                        next_attempt_at = NULL
-                 FROM unnest($1::int8[], $2::int8[], $3::timestamptz[]) AS r(lo, hi, picked)
-                 WHERE o.id BETWEEN r.lo AND r.hi AND o.status = 'pending'",
-                &[
-                    (&lo, Type::INT8_ARRAY),
-                    (&hi, Type::INT8_ARRAY),
-                    (&picked, Type::TIMESTAMPTZ_ARRAY),
-                ],
-            )
-            .await?;
+        let ids: Vec<i64> = s.sent.iter().map(|x| x.0).collect();
+        let picked: Vec<SystemTime> = s.sent.iter().map(|x| x.1).collect();
+        client.q(
+            "UPDATE dispatcher.outbox o SET status = 'sent', sent_at = now(), picked_at = u.picked,
+                    next_attempt_at = NULL
+             FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, picked)
+             WHERE o.id = u.id AND o.status = 'pending'",
+            &[(&ids, Type::INT8_ARRAY), (&picked, Type::TIMESTAMPTZ_ARRAY)],
+        )
+        .await?;
     }
     if !s.failed.is_empty() {
         let ids: Vec<i64> = s.failed.iter().map(|f| f.id).collect();
@@ -655,29 +629,4 @@ pub async fn backlog(
         .first()
         .ok_or_else(|| OutboxError::Protocol("no backlog row".into()))?;
     Ok((r.try_get(0)?, r.try_get(1)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The ranges cover exactly the sent ids: no id outside them is ever marked sent.
-        #[test]
-        fn ranges_cover_exactly_the_sent_ids(ids in proptest::collection::vec(1i64..300, 0..120)) {
-            let t = SystemTime::UNIX_EPOCH;
-            let sent: Vec<(i64, SystemTime)> = ids.iter().map(|i| (*i, t)).collect();
-            let ranges = id_ranges(&sent);
-            let mut covered: Vec<i64> = ranges.iter().flat_map(|r| r.0..=r.1).collect();
-            covered.sort_unstable();
-            let mut want = ids.clone();
-            want.sort_unstable();
-            want.dedup();
-            prop_assert_eq!(covered, want);
-            for w in ranges.windows(2) {
-                prop_assert!(w[1].0 > w[0].1 + 1, "ranges are maximal and apart");
-            }
-        }
-    }
 }
