@@ -741,10 +741,7 @@ impl PublisherTask {
         let mut go = Vec::with_capacity(rows.len());
         for row in rows {
             if self.parked.holds(&row.aggregate_id) {
-                out.park.push(park_of(&row, None));
-                let mut row = row;
-                row.parked = true;
-                self.parked.push_behind(row);
+                self.hold_behind(row, &mut out);
             } else {
                 go.push(row);
             }
@@ -769,12 +766,7 @@ impl PublisherTask {
                 let Some(row) = queue.pop_front() else { break };
                 if self.parked.holds(&row.aggregate_id) {
                     // Its aggregate was held back by a failure earlier in this run.
-                    if !row.parked {
-                        out.park.push(park_of(&row, None));
-                    }
-                    let mut row = row;
-                    row.parked = true;
-                    self.parked.push_behind(row);
+                    self.hold_behind(row, &mut out);
                     continue;
                 }
                 let occurred = rfc3339_micros(row.occurred_us);
@@ -896,12 +888,7 @@ impl PublisherTask {
                 let mut again = Vec::new();
                 for row in rest {
                     if self.parked.holds(&row.aggregate_id) {
-                        if !row.parked {
-                            out.park.push(park_of(&row, None));
-                        }
-                        let mut row = row;
-                        row.parked = true;
-                        self.parked.push_behind(row);
+                        self.hold_behind(row, &mut out);
                     } else {
                         again.push(row);
                     }
@@ -914,6 +901,15 @@ impl PublisherTask {
             self.send(Settle::Rows(out)).await?;
         }
         Ok(())
+    }
+
+    /// Queues `row` behind its held-back aggregate, listing it in the retry table unless it is already.
+    fn hold_behind(&mut self, mut row: OutboxRow, out: &mut Settlement) {
+        if !row.parked {
+            out.park.push(park_of(&row, None));
+        }
+        row.parked = true;
+        self.parked.push_behind(row);
     }
 
     /// Stops publishing once the leases may have expired without a renewal.
