@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
 use crate::BenchError;
-use crate::server::{redis_persistence, rss_bytes_of};
+use crate::server::{redis_persistence, rss_bytes_of, terminate};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -291,21 +291,9 @@ impl RelayProcess {
         self.child.id()
     }
 
+    /// SIGTERM (the relay publishes what it read and releases its leases), SIGKILL after 15 s.
     fn stop(&mut self) {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -501,9 +489,39 @@ async fn commit_rate(db_url: &str, connections: usize, secs: f64) -> Result<f64,
     Ok((c1 - c0) as f64 / elapsed)
 }
 
-/// A blocking `XREADGROUP` reader of `stream` that records every entry's receipt in `times` and counts
-/// entries; runs until `stop`.
-fn spawn_reader(
+/// A blocking `XREADGROUP` reader of a stream that records every entry's receipt in `times` and counts
+/// entries in `received`, until [`finish`](Self::finish).
+struct StreamReader {
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(), BenchError>>,
+}
+
+impl StreamReader {
+    fn start(redis_url: &str, stream: &str, times: Arc<Times>) -> Result<Self, BenchError> {
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = read_stream(redis_url, stream, times, received.clone(), stop.clone())?;
+        Ok(StreamReader {
+            received,
+            stop,
+            task,
+        })
+    }
+
+    /// Entries received so far.
+    fn count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Stops reading; fails if the reader failed.
+    async fn finish(self) -> Result<(), BenchError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.map_err(run_err)?
+    }
+}
+
+fn read_stream(
     redis_url: &str,
     stream: &str,
     times: Arc<Times>,
@@ -775,30 +793,21 @@ async fn run_in(
         .map_err(run_err)?;
     progress("drain: relaying");
     let times = Arc::new(Times::new(first, 0, epoch));
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = spawn_reader(
-        &o.redis,
-        &stream,
-        times.clone(),
-        received.clone(),
-        stop.clone(),
-    )?;
+    let reader = StreamReader::start(&o.redis, &stream, times.clone())?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
     let mut relay = RelayProcess::start(o, db_url, &stream, &[])?;
-    if !wait_for(&received, o.fill_rows, Duration::from_secs(600)).await {
+    if !wait_for(&reader.received, o.fill_rows, Duration::from_secs(600)).await {
         return Err(run_err(format!(
             "drain: only {} of {} rows arrived in 10 minutes",
-            received.load(Ordering::Relaxed),
+            reader.count(),
             o.fill_rows
         )));
     }
     r.drain_secs = t0.elapsed().as_secs_f64();
     r.drain_rows = o.fill_rows;
     r.rows_per_sec = o.fill_rows as f64 / r.drain_secs;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.map_err(run_err)??;
+    reader.finish().await?;
     relay.stop();
     let to = next_id(&db).await?;
     let (n, l, d) = verify(&db, &o.redis, &stream, first, to).await?;
@@ -843,15 +852,7 @@ async fn run_in(
         (steady_rows + burst_rows) * 2 + 100_000,
         epoch,
     ));
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = spawn_reader(
-        &o.redis,
-        &stream,
-        times.clone(),
-        received.clone(),
-        stop.clone(),
-    )?;
+    let reader = StreamReader::start(&o.redis, &stream, times.clone())?;
     let mut relay = RelayProcess::start(o, db_url, &stream, &[])?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s0 = times.now();
@@ -883,9 +884,8 @@ async fn run_in(
     r.burst_offered_rows_per_sec = o.burst_rate;
     r.burst_achieved_rows_per_sec = burst as f64 / t0.elapsed().as_secs_f64();
     let s2 = times.now();
-    wait_for(&received, produced + burst, Duration::from_secs(120)).await;
-    stop.store(true, Ordering::Relaxed);
-    reader.await.map_err(run_err)??;
+    wait_for(&reader.received, produced + burst, Duration::from_secs(120)).await;
+    reader.finish().await?;
     relay.stop();
     let (h, _) = times.latency(s0, s1)?;
     r.commit_to_stream_p50_ms = q_ms(&h, 0.5);
@@ -926,15 +926,7 @@ async fn run_in(
         let first = next_id(&db).await?;
         let rows_n = (o.steady_rate * o.horizon_secs) as usize;
         let times = Arc::new(Times::new(first, rows_n * 2 + 100_000, epoch));
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = spawn_reader(
-            &o.redis,
-            &stream,
-            times.clone(),
-            received.clone(),
-            stop.clone(),
-        )?;
+        let reader = StreamReader::start(&o.redis, &stream, times.clone())?;
         let mut relay = RelayProcess::start(o, db_url, &stream, &[])?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let h0 = times.now();
@@ -942,7 +934,7 @@ async fn run_in(
             h0 + Duration::from_secs_f64(o.horizon_secs - o.horizon_measure_secs).as_nanos() as u64;
         // Count deliveries during the measured part.
         let counter = {
-            let received = received.clone();
+            let received = reader.received.clone();
             let wait = Duration::from_secs_f64(o.horizon_secs - o.horizon_measure_secs);
             let measure = Duration::from_secs_f64(o.horizon_measure_secs);
             tokio::spawn(async move {
@@ -964,7 +956,7 @@ async fn run_in(
         .await?;
         let h1 = times.now();
         r.horizon_rows_per_sec = counter.await.map_err(run_err)?;
-        wait_for(&received, produced, Duration::from_secs(120)).await;
+        wait_for(&reader.received, produced, Duration::from_secs(120)).await;
         let still_held: bool = db
             .query_one(
                 "SELECT backend_xmin IS NOT NULL FROM pg_stat_activity WHERE pid = $1",
@@ -982,8 +974,7 @@ async fn run_in(
             .await
             .map_err(run_err)?
             .get(0);
-        stop.store(true, Ordering::Relaxed);
-        reader.await.map_err(run_err)??;
+        reader.finish().await?;
         relay.stop();
         holder.batch_execute("ROLLBACK").await.map_err(run_err)?;
         let (h, _) = times.latency(measure_from, h1)?;
@@ -999,9 +990,7 @@ async fn run_in(
         progress("overload: 10× the relay's rate");
         let stream = format!("{tag}:overload");
         let times = Arc::new(Times::new(0, 0, epoch));
-        let received = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let reader = spawn_reader(&o.redis, &stream, times, received.clone(), stop.clone())?;
+        let reader = StreamReader::start(&o.redis, &stream, times)?;
         let mut relay = RelayProcess::start(
             o,
             db_url,
@@ -1027,7 +1016,7 @@ async fn run_in(
                 samples
             })
         };
-        let r0 = received.load(Ordering::Relaxed);
+        let r0 = reader.count();
         let t0 = Instant::now();
         let per_commit = ((offered / 1_000.0).ceil() as usize).max(o.rows_per_commit);
         let produced = produce(
@@ -1041,11 +1030,9 @@ async fn run_in(
         .await?;
         let elapsed = t0.elapsed().as_secs_f64();
         r.overload_offered_rows_per_sec = produced as f64 / elapsed;
-        r.overload_published_rows_per_sec =
-            (received.load(Ordering::Relaxed) - r0) as f64 / elapsed;
+        r.overload_published_rows_per_sec = (reader.count() - r0) as f64 / elapsed;
         let samples = sampler.await.map_err(run_err)?;
-        stop.store(true, Ordering::Relaxed);
-        reader.await.map_err(run_err)??;
+        reader.finish().await?;
         relay.stop();
         r.relay_peak_rss_bytes = samples.iter().map(|s| s.1).max().unwrap_or(0);
         r.relay_rss_start_bytes = samples.first().map(|s| s.1).unwrap_or(0);

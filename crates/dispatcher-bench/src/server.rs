@@ -126,23 +126,27 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // SIGTERM first (graceful drain), then SIGKILL.
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on our own child's pid with a valid signal number has no memory effects.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stops a child process: SIGTERM (graceful drain), then SIGKILL if it is still running after `grace`.
+pub(crate) fn terminate(child: &mut Child, grace: Duration) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on our own child's pid with a valid signal number has no memory effects.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn clock_ticks() -> f64 {

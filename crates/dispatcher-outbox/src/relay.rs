@@ -283,7 +283,7 @@ impl Relay {
             rx: settle_rx,
             owner: o.owner.clone(),
             token,
-            held: held.clone(),
+            held: held.len(),
             lease: o.lease,
             deadline: deadline.clone(),
             rebalance: rebalance_tx,
@@ -341,6 +341,9 @@ impl Relay {
             Err(_) => {}
         }
         match reader_handle.await {
+            // Stopping: a reader cut off by a publisher that left early (Redis away) is expected, and
+            // the leases are still released below.
+            Ok(Err(_)) if end.is_some() => {}
             Ok(r) => r?,
             Err(e) if e.is_panic() => return Err(OutboxError::Protocol("reader panicked".into())),
             Err(_) => {}
@@ -959,7 +962,8 @@ struct Settler {
     rx: mpsc::Receiver<Settle>,
     owner: String,
     token: i64,
-    held: Vec<Held>,
+    /// Partitions this session holds (every fenced write checks all of them).
+    held: usize,
     lease: Duration,
     deadline: Arc<Mutex<Instant>>,
     rebalance: watch::Sender<bool>,
@@ -1008,14 +1012,7 @@ impl Settler {
                 }
             }
             if !batch.is_empty() {
-                db::settle(
-                    &self.client,
-                    &self.owner,
-                    self.token,
-                    self.held.len(),
-                    &batch,
-                )
-                .await?;
+                db::settle(&self.client, &self.owner, self.token, self.held, &batch).await?;
             }
             let advanced = !windows.is_empty();
             for (partitions, snapshot) in windows {
@@ -1040,7 +1037,7 @@ impl Settler {
     async fn renew(&mut self) -> Result<()> {
         let sent_at = Instant::now();
         db::heartbeat(&self.client, &self.owner).await?;
-        if !self.held.is_empty() {
+        if self.held > 0 {
             let cps: Vec<(i16, Option<String>)> = self
                 .checkpoints
                 .iter()
@@ -1056,7 +1053,7 @@ impl Settler {
         }
         let (live, free) = db::fair_share(&self.client, self.lease).await?;
         let want = fair_share_of(live.max(1));
-        let held = self.held.len() as i64;
+        let held = self.held as i64;
         if held > want || (held < want && free > 0) {
             tracing::info!(held, want, free, relays = live, "rebalancing partitions");
             let _ = self.rebalance.send(true);
