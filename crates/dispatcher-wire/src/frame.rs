@@ -17,6 +17,8 @@ pub const HEADER_LEN: usize = 6;
 /// The default limit on one frame's payload length (8 MiB).
 pub const DEFAULT_MAX_PAYLOAD: u32 = 8 * 1024 * 1024;
 
+/// Close code: a normal close, no error (only in a `Close` frame).
+pub const CLOSE_NORMAL: u16 = 0;
 /// Protocol error code: a malformed frame (bad sizes, flags, UTF-8, truncated or oversized).
 pub const ERR_BAD_FRAME: u16 = 1;
 /// Protocol error code: the frame's version byte is not one this side speaks.
@@ -171,7 +173,7 @@ pub enum Frame<'a> {
     },
     /// `0x31`: the sender hangs up after this frame.
     Close {
-        /// One of the `ERR_*` codes, or 0 for a normal close.
+        /// One of the `ERR_*` codes, or [`CLOSE_NORMAL`].
         code: u16,
         /// Human-readable detail (may be empty).
         reason: &'a str,

@@ -594,6 +594,7 @@ fn error_codes_are_the_documented_numbers() {
         ],
         [1, 2, 3, 4, 5, 6, 7]
     );
+    assert_eq!(CLOSE_NORMAL, 0);
 }
 
 #[test]
@@ -758,6 +759,15 @@ fn the_documented_examples_hold() {
         token: 0x0102_0304_0506_0708,
     };
     assert_eq!(enc(&ping), hex("01 20 00000008 0102030405060708"));
+    let pong = Frame::Pong {
+        token: 0x0102_0304_0506_0708,
+    };
+    assert_eq!(enc(&pong), hex("01 21 00000008 0102030405060708"));
+    let refused = Frame::Close {
+        code: ERR_AUTH_FAILED,
+        reason: "",
+    };
+    assert_eq!(enc(&refused), hex("01 31 00000002 0004"));
     let error = Frame::Error {
         code: ERR_AUTH_FAILED,
         message: "auth failed",
