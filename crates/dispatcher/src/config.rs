@@ -34,6 +34,8 @@ pub struct Config {
     pub forwarder: ForwarderConfig,
     /// The outbox relay (Postgres → Redis Stream).
     pub outbox: OutboxConfig,
+    /// Push delivery (Redis Stream → WebSocket consumers) and the reference consumer.
+    pub delivery: DeliveryConfig,
     /// Events configured (created or updated) at start.
     pub events: Vec<EventConfig>,
 }
@@ -199,6 +201,72 @@ impl Default for OutboxConfig {
     }
 }
 
+/// Push delivery's settings (`dispatcher delivery run`, `dispatcher consumer`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// The source stream; default `<key_prefix>:jobs`. With one partition it is read as it is (so the
+    /// outbox's stream or the dispatch stream can be delivered); with more, partition `p` reads
+    /// `{<stream>:<p>}`. Env: `DISPATCHER_DELIVERY_STREAM`.
+    pub stream: Option<String>,
+    /// Partitions, each leased on its own. Env: `DISPATCHER_DELIVERY_PARTITIONS`.
+    pub partitions: u16,
+    /// The consumer group on the source streams. Env: `DISPATCHER_DELIVERY_GROUP`.
+    pub group: String,
+    /// Consumers the dispatcher dials (`ws://host:port/`). Env: `DISPATCHER_CONSUMERS` (comma-separated).
+    pub consumers: Vec<String>,
+    /// File holding the shared secret of the hello/auth exchange. Env: `DISPATCHER_SHARED_SECRET_FILE` (or
+    /// the secret itself in `DISPATCHER_SHARED_SECRET`).
+    pub secret_file: Option<String>,
+    /// This instance's id (lease owner); default a random one. Env: `DISPATCHER_NODE_ID`.
+    pub node_id: Option<String>,
+    /// Lease TTL, ms; a dead leader's partitions move after about this long. Env:
+    /// `DISPATCHER_LEASE_TTL_MS`.
+    pub lease_ttl_ms: u64,
+    /// Deliveries not acknowledged within this go to another consumer, ms. Env: `DISPATCHER_ACK_TIMEOUT_MS`.
+    pub ack_timeout_ms: u64,
+    /// Deliveries of one message before it goes to the dead-letter stream. Env:
+    /// `DISPATCHER_DELIVERY_MAX_ATTEMPTS`.
+    pub max_attempts: u16,
+    /// Entries read per call.
+    pub read_batch: usize,
+    /// Messages in flight per partition at most.
+    pub max_in_flight: usize,
+    /// Consumer: listen address. Env: `DISPATCHER_CONSUMER_ADDR`.
+    pub consumer_addr: String,
+    /// Consumer: its id in the hello; default `consumer-<port>`. Env: `DISPATCHER_CONSUMER_ID`.
+    pub consumer_id: Option<String>,
+    /// Consumer: credit granted to each dispatcher connection.
+    pub window: u32,
+    /// Consumer: how long a claim keeps another consumer from running the same message, ms.
+    pub claim_ttl_ms: u64,
+    /// Consumer: how long results are kept (and duplicates recognised), seconds.
+    pub result_retention_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            stream: None,
+            partitions: 12,
+            group: "dispatcher".into(),
+            consumers: Vec::new(),
+            secret_file: None,
+            node_id: None,
+            lease_ttl_ms: 1_000,
+            ack_timeout_ms: 30_000,
+            max_attempts: 5,
+            read_batch: 256,
+            max_in_flight: 8_192,
+            consumer_addr: "127.0.0.1:7070".into(),
+            consumer_id: None,
+            window: 2_048,
+            claim_ttl_ms: 30_000,
+            result_retention_secs: 86_400,
+        }
+    }
+}
+
 /// An event to configure at start.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +292,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             forwarder: ForwarderConfig::default(),
             outbox: OutboxConfig::default(),
+            delivery: DeliveryConfig::default(),
             events: Vec::new(),
         }
     }
@@ -319,6 +388,7 @@ impl Config {
                 .with_context(|| format!("DISPATCHER_JOIN_RATE_PER_IP={v:?} is not a number"))?;
         }
         self.apply_outbox_env(&get)?;
+        self.apply_delivery_env(&get)?;
         if let Some(v) = get("DISPATCHER_REQUEST_RATE_PER_IP") {
             self.http.request_rate_per_ip = v
                 .parse()
@@ -380,6 +450,53 @@ impl Config {
         }
         if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
             o.metrics_addr = Some(v);
+        }
+        Ok(())
+    }
+
+    fn apply_delivery_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+        }
+        let d = &mut self.delivery;
+        if let Some(v) = get("DISPATCHER_DELIVERY_STREAM") {
+            d.stream = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_DELIVERY_PARTITIONS") {
+            d.partitions = num("DISPATCHER_DELIVERY_PARTITIONS", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_DELIVERY_GROUP") {
+            d.group = v;
+        }
+        if let Some(v) = get("DISPATCHER_CONSUMERS") {
+            d.consumers = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("DISPATCHER_SHARED_SECRET_FILE") {
+            d.secret_file = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_NODE_ID") {
+            d.node_id = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_LEASE_TTL_MS") {
+            d.lease_ttl_ms = num("DISPATCHER_LEASE_TTL_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_ACK_TIMEOUT_MS") {
+            d.ack_timeout_ms = num("DISPATCHER_ACK_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_DELIVERY_MAX_ATTEMPTS") {
+            d.max_attempts = num("DISPATCHER_DELIVERY_MAX_ATTEMPTS", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_CONSUMER_ADDR") {
+            d.consumer_addr = v;
+        }
+        if let Some(v) = get("DISPATCHER_CONSUMER_ID") {
+            d.consumer_id = Some(v);
         }
         Ok(())
     }
@@ -452,6 +569,16 @@ impl Config {
         }
         if self.forwarder.reclaim_min_idle_ms == 0 {
             bail!("forwarder.reclaim_min_idle_ms must be positive");
+        }
+        let d = &self.delivery;
+        if d.partitions == 0 || d.partitions > 1024 {
+            bail!("delivery.partitions must be between 1 and 1024");
+        }
+        if d.lease_ttl_ms < 200 || d.lease_ttl_ms > 600_000 {
+            bail!("delivery.lease_ttl_ms must be between 200 and 600000");
+        }
+        if d.ack_timeout_ms < 100 || d.max_attempts == 0 || d.window == 0 || d.read_batch == 0 {
+            bail!("delivery: ack_timeout_ms ≥ 100; max_attempts, window and read_batch positive");
         }
         if self.promoter.concurrency == 0 {
             bail!("promoter.concurrency must be positive");

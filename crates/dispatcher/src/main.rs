@@ -2,6 +2,7 @@
 //! uses `anyhow`; libraries return typed errors and this edge adds context.
 
 mod config;
+mod delivery;
 mod demo;
 mod outbox;
 mod serve;
@@ -56,6 +57,11 @@ enum Command {
     /// The transactional outbox relay (Postgres → Redis Stream) and its operations.
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
+    /// Push delivery (Redis Stream → WebSocket consumers): the dispatcher and the pub/sub bridge.
+    #[command(subcommand)]
+    Delivery(delivery::DeliveryCommand),
+    /// The reference consumer service: listens for dispatchers, runs a handler, records each result once.
+    Consumer(delivery::ConsumerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,6 +330,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Outbox(a)) => rt.block_on(bench_outbox(a)),
         Command::Token(t) => token::run(t),
         Command::Outbox(o) => rt.block_on(outbox::run(o)),
+        Command::Delivery(d) => rt.block_on(delivery::run(d)),
+        Command::Consumer(c) => rt.block_on(delivery::consumer(c)),
     }
 }
 

@@ -1,0 +1,193 @@
+#!lua name=dispatcher_delivery_v1
+-- Push delivery's Redis side. redis.rs loads this library (FUNCTION LOAD REPLACE) and calls it with FCALL.
+--
+-- Leases: one per partition. KEYS[1] is the lease key, holding "<owner>|<epoch>" with a TTL; KEYS[2] the
+-- partition's epoch counter, only ever INCRemented (the fencing token; it survives a restart with AOF).
+-- Every leader-side write below starts with fence(): the lease key must hold exactly the caller's
+-- "<owner>|<epoch>" token, so a leader whose lease ran out or was taken over is refused by Redis itself.
+--
+-- Consumer side: per partition and per minute of message ids, one hash maps a message id to its state:
+--   "c|<owner>|<expiry unix ms>"  claimed by a consumer that is running the handler,
+--   "d|<result>"                  done: the result, recorded once.
+
+local function fence(lease_key, token)
+  local cur = redis.call('GET', lease_key)
+  if cur ~= token then
+    return redis.error_reply('FENCED lease ' .. lease_key .. ' is not held by ' .. token)
+  end
+  return nil
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- FCALL dd_acquire 3 <lease> <epoch> <stream> <owner> <ttl_ms> <group>
+-- Takes a free lease: increments the epoch, sets the lease, makes sure the consumer group exists.
+-- Returns {1, epoch} when taken, {0, "<owner>|<epoch>"} when someone else holds it.
+redis.register_function('dd_acquire', function(keys, args)
+  local cur = redis.call('GET', keys[1])
+  if cur then
+    return { 0, cur }
+  end
+  local epoch = redis.call('INCR', keys[2])
+  redis.call('SET', keys[1], args[1] .. '|' .. epoch, 'PX', args[2])
+  local ok = redis.pcall('XGROUP', 'CREATE', keys[3], args[3], '0', 'MKSTREAM')
+  if type(ok) == 'table' and ok.err and not string.find(ok.err, 'BUSYGROUP', 1, true) then
+    return redis.error_reply(ok.err)
+  end
+  return { 1, epoch }
+end)
+
+-- FCALL dd_renew 1 <lease> <token> <ttl_ms>: compare-and-extend. 1 when extended, 0 when not ours.
+redis.register_function('dd_renew', function(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('PEXPIRE', keys[1], args[2])
+    return 1
+  end
+  return 0
+end)
+
+-- FCALL dd_release 1 <lease> <token>: gives the lease up if still ours.
+redis.register_function('dd_release', function(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('DEL', keys[1])
+    return 1
+  end
+  return 0
+end)
+
+-- FCALL dd_read 2 <lease> <stream> <token> <group> <consumer> <count>: new entries for this leader.
+redis.register_function('dd_read', function(keys, args)
+  local err = fence(keys[1], args[1])
+  if err then return err end
+  return redis.call('XREADGROUP', 'GROUP', args[2], args[3], 'COUNT', args[4], 'STREAMS', keys[2], '>')
+end)
+
+-- FCALL dd_reclaim 2 <lease> <stream> <token> <group> <consumer> <start> <count>
+-- Takes over what earlier epochs left pending (min idle 0: a new epoch owns all of it).
+-- Returns {next start, entries, deleted ids} as XAUTOCLAIM does.
+redis.register_function('dd_reclaim', function(keys, args)
+  local err = fence(keys[1], args[1])
+  if err then return err end
+  return redis.call('XAUTOCLAIM', keys[2], args[2], args[3], 0, args[4], 'COUNT', args[5])
+end)
+
+-- FCALL dd_ack 2 <lease> <stream> <token> <group> <id...>: acknowledges; returns how many were pending.
+redis.register_function('dd_ack', function(keys, args)
+  local err = fence(keys[1], args[1])
+  if err then return err end
+  local cmd = { 'XACK', keys[2], args[2] }
+  for i = 3, #args do cmd[#cmd + 1] = args[i] end
+  return redis.call(unpack(cmd))
+end)
+
+-- FCALL dd_retry 2 <lease> <stream> <token> <group> <consumer> [<id> <attempts>]...
+-- Records a redelivery: the pending entry's delivery count becomes <attempts>. Returns how many were
+-- still pending.
+redis.register_function('dd_retry', function(keys, args)
+  local err = fence(keys[1], args[1])
+  if err then return err end
+  local n = 0
+  for i = 4, #args, 2 do
+    local r = redis.call('XCLAIM', keys[2], args[2], args[3], 0, args[i], 'RETRYCOUNT', args[i + 1], 'JUSTID')
+    n = n + #r
+  end
+  return n
+end)
+
+-- FCALL dd_dead 3 <lease> <stream> <dead> <token> <group> <maxlen> [<id> <attempts> <reason> <body>]...
+-- Moves messages to the dead-letter stream with their reason and acknowledges them, in one step.
+redis.register_function('dd_dead', function(keys, args)
+  local err = fence(keys[1], args[1])
+  if err then return err end
+  local maxlen = tonumber(args[3]) or 0
+  local n = 0
+  for i = 4, #args, 4 do
+    local still = redis.call('XACK', keys[2], args[2], args[i])
+    if still == 1 then
+      local cmd
+      if maxlen > 0 then
+        cmd = { 'XADD', keys[3], 'MAXLEN', '~', maxlen, '*' }
+      else
+        cmd = { 'XADD', keys[3], '*' }
+      end
+      cmd[#cmd + 1] = 'message_id'; cmd[#cmd + 1] = args[i]
+      cmd[#cmd + 1] = 'stream'; cmd[#cmd + 1] = keys[2]
+      cmd[#cmd + 1] = 'attempts'; cmd[#cmd + 1] = args[i + 1]
+      cmd[#cmd + 1] = 'reason'; cmd[#cmd + 1] = args[i + 2]
+      cmd[#cmd + 1] = 'body'; cmd[#cmd + 1] = args[i + 3]
+      redis.call(unpack(cmd))
+      n = n + 1
+    end
+  end
+  return n
+end)
+
+-- FCALL dd_claim <n> <bucket key per id...> <owner> <ttl_ms> <retention_s> <id...>
+-- Before a consumer runs its handler: per id, 0 = claimed for <owner> (run it), 1 = done already (just
+-- acknowledge), 2 = claimed by another live consumer (wait).
+redis.register_function('dd_claim', function(keys, args)
+  local owner = args[1]
+  local ttl = tonumber(args[2])
+  local now = now_ms()
+  local claim = 'c|' .. owner .. '|' .. (now + ttl)
+  local out = {}
+  for i = 1, #keys do
+    local id = args[i + 3]
+    local cur = redis.call('HGET', keys[i], id)
+    local state = 0
+    if cur then
+      local kind = string.sub(cur, 1, 1)
+      if kind == 'd' then
+        state = 1
+      else
+        local sep = string.find(cur, '|', 3, true)
+        local held_by = string.sub(cur, 3, sep - 1)
+        local expiry = tonumber(string.sub(cur, sep + 1))
+        if held_by ~= owner and expiry > now then state = 2 end
+      end
+    end
+    if state == 0 then
+      redis.call('HSET', keys[i], id, claim)
+      redis.call('EXPIRE', keys[i], args[3], 'NX')
+    end
+    out[i] = state
+  end
+  return out
+end)
+
+-- FCALL dd_complete <n> <bucket key per id...> <retention_s> [<id> <result>]...
+-- Records each result and the message's completion in one step: 1 = recorded, 0 = it was done already
+-- (the earlier result stands).
+redis.register_function('dd_complete', function(keys, args)
+  local retention = args[1]
+  local out = {}
+  for i = 1, #keys do
+    local id = args[2 * i]
+    local cur = redis.call('HGET', keys[i], id)
+    if cur and string.sub(cur, 1, 1) == 'd' then
+      out[i] = 0
+    else
+      redis.call('HSET', keys[i], id, 'd|' .. args[2 * i + 1])
+      redis.call('EXPIRE', keys[i], retention, 'NX')
+      out[i] = 1
+    end
+  end
+  return out
+end)
+
+-- FCALL dd_unclaim <n> <bucket key per id...> <owner> <id...>: drops our claims (handler asked to retry).
+redis.register_function('dd_unclaim', function(keys, args)
+  local n = 0
+  for i = 1, #keys do
+    local cur = redis.call('HGET', keys[i], args[i + 1])
+    local mine = 'c|' .. args[1] .. '|'
+    if cur and string.sub(cur, 1, #mine) == mine then
+      redis.call('HDEL', keys[i], args[i + 1])
+      n = n + 1
+    end
+  end
+  return n
+end)

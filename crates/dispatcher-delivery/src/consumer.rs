@@ -1,0 +1,537 @@
+//! The consumer library: listen for dispatchers, check their proof of the shared secret (and prove ours),
+//! take deliveries within the credit we grant, and for each message claim it, run the handler, record its
+//! result and completion in one atomic step in Redis, then acknowledge. A message delivered again (after
+//! a leader failover, a lost ack) is found done and acknowledged without running the handler again.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dispatcher_wire::frame::{self, Frame, MessageId};
+use dispatcher_wire::handshake::{self, Role};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::error::{DeliveryError, Result};
+use crate::store::{ClaimState, Store};
+use crate::telemetry;
+
+/// One delivered message, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub partition: u16,
+    pub epoch: u64,
+    /// 1 for the first delivery.
+    pub attempt: u16,
+    pub id: MessageId,
+    pub body: bytes::Bytes,
+}
+
+/// What a handler made of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: this result is recorded with the message's completion.
+    Done(Vec<u8>),
+    /// Failed for now: deliver it again (possibly to another consumer).
+    Retry(String),
+    /// Can never succeed: straight to the dead letters.
+    Reject(String),
+}
+
+/// Application code run for each message.
+pub trait Handler: Send + Sync + 'static {
+    /// Processes one message.
+    fn handle(&self, msg: Message) -> impl Future<Output = Outcome> + Send;
+
+    /// Told once per batch, before the handler runs for these messages (claimed for us). For audits
+    /// and tests; default: nothing.
+    fn running(&self, _ids: &[MessageId]) {}
+
+    /// Told once per batch after completion: per message, `true` when this consumer's call recorded the
+    /// result, `false` when it was done already (its handler did not run here, or ran twice). For audits
+    /// and tests; default: nothing.
+    fn recorded(&self, _results: &[(MessageId, bool)]) {}
+}
+
+/// How a consumer runs.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// This consumer's id in the hello.
+    pub consumer_id: String,
+    pub secret: Vec<u8>,
+    /// Credit granted to each dispatcher connection: deliveries it may have outstanding here.
+    pub window: u32,
+    /// How long a claim protects a message from a second handler run elsewhere.
+    pub claim_ttl: Duration,
+    /// How long results (and so duplicate detection) are kept.
+    pub retention: Duration,
+    pub max_payload: u32,
+}
+
+impl ConsumerOptions {
+    pub fn new(consumer_id: impl Into<String>, secret: Vec<u8>) -> Self {
+        ConsumerOptions {
+            consumer_id: consumer_id.into(),
+            secret,
+            window: 2048,
+            claim_ttl: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            max_payload: frame::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.consumer_id.is_empty()
+            || self.consumer_id.len() > 200
+            || self.consumer_id.contains('|')
+        {
+            return Err(DeliveryError::invalid(
+                "consumer id: 1..=200 characters, no '|'",
+            ));
+        }
+        if self.secret.len() < 16 {
+            return Err(DeliveryError::invalid(
+                "the shared secret must be at least 16 bytes",
+            ));
+        }
+        if self.window == 0 {
+            return Err(DeliveryError::invalid("window must be positive"));
+        }
+        Ok(())
+    }
+}
+
+struct Ctx<H> {
+    store: Store,
+    opts: ConsumerOptions,
+    handler: Arc<H>,
+    /// The claim owner: consumer id plus a per-process nonce, so a restarted consumer is not mistaken
+    /// for the one that held the claim.
+    owner: String,
+    /// Messages whose handler runs in this process now.
+    running: Mutex<HashSet<MessageId>>,
+}
+
+/// Accepts dispatcher connections on `listener` until `shutdown`; each is served on its own task.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    store: Store,
+    opts: ConsumerOptions,
+    handler: Arc<H>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    opts.validate()?;
+    let owner = format!("{}#{:08x}", opts.consumer_id, rand::random::<u32>());
+    let ctx = Arc::new(Ctx {
+        store,
+        opts,
+        handler,
+        owner,
+        running: Mutex::new(HashSet::new()),
+    });
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let (sock, peer) = match acc {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = sock.set_nodelay(true);
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                conns.spawn(async move {
+                    if let Err(e) = connection(sock, ctx, shutdown).await {
+                        tracing::info!(peer = %peer, error = %e, "dispatcher connection ended");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next() => {}
+        }
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn refuse(code: u16, why: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = frame::encode(&Frame::Error { code, message: why }, &mut out);
+    let _ = frame::encode(&Frame::Close { code, reason: why }, &mut out);
+    out
+}
+
+async fn connection<H: Handler>(
+    sock: TcpStream,
+    ctx: Arc<Ctx<H>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut ws = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::accept_async(sock),
+    )
+    .await
+    .map_err(|_| DeliveryError::protocol("websocket upgrade timed out"))??;
+    let max = ctx.opts.max_payload;
+
+    // Hello from the dispatcher; ours with our proof; then its proof.
+    let first = tokio::time::timeout(Duration::from_secs(5), crate::link::next_binary(&mut ws))
+        .await
+        .map_err(|_| DeliveryError::protocol("no hello within 5 s"))??;
+    let mut hello = None;
+    for f in frame::frames(&first, max) {
+        match f {
+            Ok(Frame::Hello { nonce, peer_id }) if hello.is_none() => {
+                hello = Some((nonce, peer_id.to_owned()))
+            }
+            Ok(other) => {
+                let _ = ws
+                    .send(WsMessage::Binary(
+                        refuse(frame::ERR_PROTOCOL_VIOLATION, "hello expected").into(),
+                    ))
+                    .await;
+                return Err(DeliveryError::protocol(format!(
+                    "{:?} before hello",
+                    other.command()
+                )));
+            }
+            Err(e) => {
+                let _ = ws
+                    .send(WsMessage::Binary(refuse(e.code(), &e.to_string()).into()))
+                    .await;
+                return Err(DeliveryError::protocol(format!("bad hello: {e}")));
+            }
+        }
+    }
+    let Some((nonce_d, dispatcher_id)) = hello else {
+        return Err(DeliveryError::protocol("empty hello"));
+    };
+    let nonce_c = handshake::new_nonce();
+    let proof_c = handshake::proof(
+        &ctx.opts.secret,
+        Role::Consumer,
+        &nonce_d,
+        &nonce_c,
+        &dispatcher_id,
+        &ctx.opts.consumer_id,
+    );
+    let mut out = Vec::new();
+    frame::encode(
+        &Frame::Hello {
+            nonce: nonce_c,
+            peer_id: &ctx.opts.consumer_id,
+        },
+        &mut out,
+    )
+    .map_err(|e| DeliveryError::invalid(format!("consumer id: {e}")))?;
+    let _ = frame::encode(&Frame::Auth { proof: proof_c }, &mut out);
+    ws.send(WsMessage::Binary(out.into())).await?;
+    let second = tokio::time::timeout(Duration::from_secs(5), crate::link::next_binary(&mut ws))
+        .await
+        .map_err(|_| DeliveryError::protocol("no auth within 5 s"))??;
+    let mut verified = false;
+    for f in frame::frames(&second, max) {
+        match f {
+            Ok(Frame::Auth { proof }) => {
+                verified = handshake::verify(
+                    &ctx.opts.secret,
+                    Role::Dispatcher,
+                    &nonce_d,
+                    &nonce_c,
+                    &dispatcher_id,
+                    &ctx.opts.consumer_id,
+                    &proof,
+                );
+            }
+            Ok(Frame::Error { code, message }) => {
+                return Err(DeliveryError::protocol(format!(
+                    "dispatcher refused us: {code}: {message}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    if !verified {
+        metrics::counter!(telemetry::HANDSHAKES_REFUSED).increment(1);
+        let _ = ws
+            .send(WsMessage::Binary(
+                refuse(frame::ERR_AUTH_FAILED, "auth failed").into(),
+            ))
+            .await;
+        let _ = ws.close(None).await;
+        return Err(DeliveryError::protocol(format!(
+            "dispatcher {dispatcher_id:?} failed the hello: wrong proof"
+        )));
+    }
+    tracing::info!(dispatcher = %dispatcher_id, "dispatcher authenticated");
+
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut out = Vec::new();
+    let _ = frame::encode(&Frame::Credit { n: ctx.opts.window }, &mut out);
+    sink.send(WsMessage::Binary(out.into())).await?;
+    let mut outstanding: u64 = 0;
+    let window = u64::from(ctx.opts.window);
+    let mut batches = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { break Ok(()) };
+                let data = match msg {
+                    Ok(WsMessage::Binary(b)) => b,
+                    Ok(WsMessage::Close(_)) => break Ok(()),
+                    Ok(WsMessage::Text(_)) => break Err(DeliveryError::protocol("text message on a binary protocol")),
+                    Ok(_) => continue,
+                    Err(e) => break Err(e.into()),
+                };
+                let mut batch = Vec::new();
+                let mut reply = Vec::new();
+                let mut bad = None;
+                for f in frame::frames(&data, max) {
+                    match f {
+                        Ok(Frame::Deliver(d)) => batch.push(Message {
+                            partition: d.partition,
+                            epoch: d.epoch,
+                            attempt: d.attempt,
+                            id: d.id,
+                            body: data.slice_ref(d.body),
+                        }),
+                        Ok(Frame::Ping { token }) => { let _ = frame::encode(&Frame::Pong { token }, &mut reply); }
+                        Ok(Frame::Pong { .. }) => {}
+                        Ok(Frame::Close { .. }) => { bad = Some(Ok(())); break; }
+                        Ok(other) => { bad = Some(Err((frame::ERR_PROTOCOL_VIOLATION, format!("unexpected {:?}", other.command())))); break; }
+                        Err(e) => { bad = Some(Err((e.code(), e.to_string()))); break; }
+                    }
+                }
+                outstanding += batch.len() as u64;
+                if outstanding > window {
+                    bad = Some(Err((frame::ERR_PROTOCOL_VIOLATION, "deliveries beyond the credit granted".to_owned())));
+                }
+                if !reply.is_empty() {
+                    let _ = out_tx.send(reply);
+                }
+                match bad {
+                    Some(Ok(())) => break Ok(()),
+                    Some(Err((code, why))) => {
+                        let _ = sink.send(WsMessage::Binary(refuse(code, &why).into())).await;
+                        break Err(DeliveryError::protocol(why));
+                    }
+                    None => {}
+                }
+                if !batch.is_empty() {
+                    let ctx = ctx.clone();
+                    let out_tx = out_tx.clone();
+                    batches.spawn(async move { process(ctx, batch, out_tx).await });
+                }
+            }
+            Some(bytes) = out_rx.recv() => {
+                let mut bytes = bytes;
+                while let Ok(more) = out_rx.try_recv() { bytes.extend_from_slice(&more); }
+                // Every ack and nack returns one credit.
+                let settled = count_settled(&bytes, max);
+                outstanding = outstanding.saturating_sub(settled);
+                if settled > 0 {
+                    let _ = frame::encode(&Frame::Credit { n: settled as u32 }, &mut bytes);
+                }
+                if let Err(e) = sink.send(WsMessage::Binary(bytes.into())).await { break Err(e.into()); }
+            }
+            Some(_) = batches.join_next() => {}
+            _ = shutdown.changed() => {
+                let mut out = Vec::new();
+                let _ = frame::encode(&Frame::Close { code: frame::ERR_GOING_AWAY, reason: "shutting down" }, &mut out);
+                let _ = sink.send(WsMessage::Binary(out.into())).await;
+                break Ok(());
+            }
+        }
+    };
+    // Handlers already running finish and record their results; acks may no longer reach anyone, and
+    // the next delivery of those messages finds them done.
+    while batches.join_next().await.is_some() {}
+    result
+}
+
+fn count_settled(bytes: &[u8], max: u32) -> u64 {
+    frame::frames(bytes, max)
+        .filter(|f| matches!(f, Ok(Frame::Ack { .. } | Frame::Nack { .. })))
+        .count() as u64
+}
+
+/// Claims, runs, records and acknowledges one batch of deliveries.
+async fn process<H: Handler>(
+    ctx: Arc<Ctx<H>>,
+    batch: Vec<Message>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let retention = ctx.opts.retention.as_secs().max(1);
+    let mut waiting = batch;
+    let mut reply = Vec::new();
+    let mut delay = Duration::from_millis(20);
+    while !waiting.is_empty() {
+        // Messages already running here (a redelivery racing its first run) wait for it.
+        let (local, todo): (Vec<Message>, Vec<Message>) = {
+            let running = ctx.running.lock().map(|r| r.clone()).unwrap_or_default();
+            waiting.into_iter().partition(|m| running.contains(&m.id))
+        };
+        let ids: Vec<(u16, MessageId)> = todo.iter().map(|m| (m.partition, m.id)).collect();
+        let states = match ctx
+            .store
+            .claim(
+                &ctx.owner,
+                ctx.opts.claim_ttl.as_millis() as u64,
+                retention,
+                &ids,
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "claim failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+                let mut all = todo;
+                all.extend(local);
+                waiting = all;
+                continue;
+            }
+        };
+        let mut run = Vec::new();
+        let mut already = Vec::new();
+        let mut later = local;
+        for (m, s) in todo.into_iter().zip(states) {
+            match s {
+                ClaimState::Run => run.push(m),
+                ClaimState::Done => {
+                    metrics::counter!(telemetry::ALREADY_DONE).increment(1);
+                    already.push((m.id, false));
+                    let _ = frame::encode(
+                        &Frame::Ack {
+                            partition: m.partition,
+                            epoch: m.epoch,
+                            id: m.id,
+                        },
+                        &mut reply,
+                    );
+                }
+                ClaimState::Busy => later.push(m),
+            }
+        }
+        if !already.is_empty() {
+            ctx.handler.recorded(&already);
+        }
+        if !run.is_empty() {
+            if let Ok(mut r) = ctx.running.lock() {
+                r.extend(run.iter().map(|m| m.id));
+            }
+            run_handlers(&ctx, run, &mut reply).await;
+        }
+        if !reply.is_empty() {
+            let _ = out.send(std::mem::take(&mut reply));
+        }
+        waiting = later;
+        if !waiting.is_empty() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &mut Vec<u8>) {
+    let retention = ctx.opts.retention.as_secs().max(1);
+    let mut outcomes = Vec::with_capacity(run.len());
+    let ids: Vec<MessageId> = run.iter().map(|m| m.id).collect();
+    ctx.handler.running(&ids);
+    for m in &run {
+        let o = ctx.handler.handle(m.clone()).await;
+        metrics::counter!(telemetry::HANDLED).increment(1);
+        outcomes.push(o);
+    }
+    let done: Vec<(u16, MessageId, &[u8])> = run
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(m, o)| match o {
+            Outcome::Done(r) => Some((m.partition, m.id, r.as_slice())),
+            _ => None,
+        })
+        .collect();
+    let mut delay = Duration::from_millis(20);
+    let recorded = loop {
+        match ctx.store.complete(retention, &done).await {
+            Ok(r) => break r,
+            Err(e) => {
+                // The handler ran; its result must be recorded before we say anything.
+                tracing::warn!(error = %e, "recording results failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let retry: Vec<(u16, MessageId)> = run
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Outcome::Retry(_)))
+        .map(|(m, _)| (m.partition, m.id))
+        .collect();
+    if !retry.is_empty() {
+        let _ = ctx.store.unclaim(&ctx.owner, &retry).await;
+    }
+    let mut rec = recorded.into_iter();
+    let mut audit = Vec::with_capacity(run.len());
+    for (m, o) in run.iter().zip(&outcomes) {
+        match o {
+            Outcome::Done(_) => {
+                let first = rec.next().unwrap_or(false);
+                if first {
+                    metrics::counter!(telemetry::RECORDED).increment(1);
+                } else {
+                    metrics::counter!(telemetry::ALREADY_DONE).increment(1);
+                }
+                audit.push((m.id, first));
+                let _ = frame::encode(
+                    &Frame::Ack {
+                        partition: m.partition,
+                        epoch: m.epoch,
+                        id: m.id,
+                    },
+                    reply,
+                );
+            }
+            Outcome::Retry(reason) | Outcome::Reject(reason) => {
+                let _ = frame::encode(
+                    &Frame::Nack {
+                        partition: m.partition,
+                        epoch: m.epoch,
+                        id: m.id,
+                        reject: matches!(o, Outcome::Reject(_)),
+                        reason: truncate(reason, 1024),
+                    },
+                    reply,
+                );
+            }
+        }
+    }
+    ctx.handler.recorded(&audit);
+    if let Ok(mut r) = ctx.running.lock() {
+        for m in &run {
+            r.remove(&m.id);
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,515 @@
+//! The Redis side of delivery: the function library `lua/delivery.lua` and typed calls to it. Leader-side
+//! writes are fenced by the lease token (`<owner>|<epoch>`) inside Redis; consumer-side calls claim
+//! messages and record results.
+
+use dispatcher_wire::frame::MessageId;
+use redis::Value;
+use redis::aio::ConnectionManager;
+
+use crate::error::{DeliveryError, Result};
+use crate::keys::Partitioning;
+
+const LIBRARY: &str = include_str!("../lua/delivery.lua");
+
+/// Field of a source entry whose value is the message body; entries without it are delivered as a JSON
+/// object of all their fields.
+pub const BODY_FIELD: &str = "body";
+
+/// One source stream entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: MessageId,
+    pub body: Vec<u8>,
+}
+
+/// What a consumer's claim found for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Claimed for us: run the handler.
+    Run,
+    /// Its result is recorded already: acknowledge without running.
+    Done,
+    /// Another live consumer is running it: wait.
+    Busy,
+}
+
+/// A message going to the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub id: MessageId,
+    pub attempts: u16,
+    pub reason: &'a str,
+    pub body: &'a [u8],
+}
+
+/// Connects to Redis at `url` with a connection that reconnects by itself.
+pub async fn connect(url: &str) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url)
+        .map_err(|e| DeliveryError::invalid(format!("bad Redis URL: {e}")))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(3)))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_min_delay(std::time::Duration::from_millis(20))
+        .set_max_delay(std::time::Duration::from_millis(200));
+    Ok(client.get_connection_manager_with_config(config).await?)
+}
+
+/// Typed calls to the delivery functions for one source.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    keys: Partitioning,
+    group: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("keys", &self.keys)
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+fn map_err(e: redis::RedisError) -> DeliveryError {
+    if e.code() == Some("FENCED") {
+        DeliveryError::Fenced(e.detail().unwrap_or("lease lost").to_owned())
+    } else {
+        DeliveryError::Redis(e)
+    }
+}
+
+impl Store {
+    /// A store over `conn`; loads the function library.
+    pub async fn new(
+        conn: ConnectionManager,
+        keys: Partitioning,
+        group: impl Into<String>,
+    ) -> Result<Self> {
+        let group = group.into();
+        if group.is_empty() || group.len() > 100 {
+            return Err(DeliveryError::invalid(
+                "consumer group name: 1..=100 characters",
+            ));
+        }
+        let store = Store { conn, keys, group };
+        store.load().await?;
+        Ok(store)
+    }
+
+    /// The key layout.
+    pub fn keys(&self) -> &Partitioning {
+        &self.keys
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// A clone of the connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn load(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: Value = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(LIBRARY)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `cmd`, loading the library once if Redis lost it (a restart without persistence).
+    async fn call<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.conn.clone();
+        match cmd.query_async(&mut conn).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.to_string().contains("Function not found") => {
+                self.load().await?;
+                cmd.query_async(&mut conn).await.map_err(map_err)
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Takes partition `p`'s lease if it is free: `Some(epoch)`, the new fencing token; `None` when
+    /// someone holds it.
+    pub async fn acquire(&self, p: u16, owner: &str, ttl_ms: u64) -> Result<Option<u64>> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_acquire")
+            .arg(3)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.epoch_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(owner)
+            .arg(ttl_ms)
+            .arg(&self.group);
+        let reply: Value = self.call(&cmd).await?;
+        match reply {
+            Value::Array(v) if v.len() == 2 => match (&v[0], &v[1]) {
+                (Value::Int(1), Value::Int(epoch)) => Ok(Some(*epoch as u64)),
+                _ => Ok(None),
+            },
+            other => Err(DeliveryError::protocol(format!(
+                "dd_acquire replied {other:?}"
+            ))),
+        }
+    }
+
+    /// The current holder of partition `p`'s lease, as `(owner, epoch)`.
+    pub async fn holder(&self, p: u16) -> Result<Option<(String, u64)>> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = redis::cmd("GET")
+            .arg(self.keys.lease_key(p))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.and_then(|s| {
+            let (owner, epoch) = s.rsplit_once('|')?;
+            Some((owner.to_owned(), epoch.parse().ok()?))
+        }))
+    }
+
+    /// Extends the lease if `token` still holds it.
+    pub async fn renew(&self, p: u16, token: &str, ttl_ms: u64) -> Result<bool> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_renew")
+            .arg(1)
+            .arg(self.keys.lease_key(p))
+            .arg(token)
+            .arg(ttl_ms);
+        let n: i64 = self.call(&cmd).await?;
+        Ok(n == 1)
+    }
+
+    /// Gives the lease up if `token` still holds it.
+    pub async fn release(&self, p: u16, token: &str) -> Result<bool> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_release")
+            .arg(1)
+            .arg(self.keys.lease_key(p))
+            .arg(token);
+        let n: i64 = self.call(&cmd).await?;
+        Ok(n == 1)
+    }
+
+    /// Up to `count` new entries of partition `p` (fenced).
+    pub async fn read(
+        &self,
+        p: u16,
+        token: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_read")
+            .arg(2)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(token)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(count);
+        let reply: Value = self.call(&cmd).await?;
+        let mut out = Vec::new();
+        if let Value::Array(streams) = reply {
+            for s in streams {
+                if let Value::Array(mut pair) = s
+                    && pair.len() == 2
+                {
+                    parse_entries(pair.swap_remove(1), &mut out)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes over up to `count` entries left pending by earlier epochs, from `start` (`"0-0"` first).
+    /// Returns the next start (`"0-0"` when done), the entries with their delivery counts still to be
+    /// read by the caller, and the ids that were deleted from the stream meanwhile.
+    pub async fn reclaim(
+        &self,
+        p: u16,
+        token: &str,
+        consumer: &str,
+        start: &str,
+        count: usize,
+    ) -> Result<(String, Vec<Entry>, Vec<MessageId>)> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_reclaim")
+            .arg(2)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(token)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(start)
+            .arg(count);
+        let reply: Value = self.call(&cmd).await?;
+        let Value::Array(mut parts) = reply else {
+            return Err(DeliveryError::protocol("dd_reclaim: not an array"));
+        };
+        if parts.len() < 2 {
+            return Err(DeliveryError::protocol("dd_reclaim: short reply"));
+        }
+        let deleted = if parts.len() >= 3 {
+            match parts.swap_remove(2) {
+                Value::Array(ids) => ids.iter().filter_map(|v| text(v)?.parse().ok()).collect(),
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut entries = Vec::new();
+        parse_entries(parts.swap_remove(1), &mut entries)?;
+        let next = text(&parts[0]).unwrap_or_else(|| "0-0".to_owned());
+        Ok((next, entries, deleted))
+    }
+
+    /// Delivery counts of `ids` in partition `p`'s pending list (0 when not pending).
+    pub async fn delivery_counts(&self, p: u16, ids: &[MessageId]) -> Result<Vec<u16>> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.conn.clone();
+        for id in ids {
+            let s = id.to_string();
+            let v: Value = redis::cmd("XPENDING")
+                .arg(self.keys.stream_key(p))
+                .arg(&self.group)
+                .arg(&s)
+                .arg(&s)
+                .arg(1)
+                .query_async(&mut conn)
+                .await?;
+            let n = match v {
+                Value::Array(rows) => match rows.first() {
+                    Some(Value::Array(row)) if row.len() >= 4 => match row[3] {
+                        Value::Int(n) => u16::try_from(n).unwrap_or(u16::MAX),
+                        _ => 0,
+                    },
+                    _ => 0,
+                },
+                _ => 0,
+            };
+            out.push(n);
+        }
+        Ok(out)
+    }
+
+    /// Acknowledges `ids` (fenced); returns how many were pending.
+    pub async fn ack(&self, p: u16, token: &str, ids: &[MessageId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_ack")
+            .arg(2)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(token)
+            .arg(&self.group);
+        for id in ids {
+            cmd.arg(id.to_string());
+        }
+        self.call(&cmd).await
+    }
+
+    /// Records redeliveries: each pending id's delivery count becomes its attempt number (fenced).
+    pub async fn retry(
+        &self,
+        p: u16,
+        token: &str,
+        consumer: &str,
+        ids: &[(MessageId, u16)],
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_retry")
+            .arg(2)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(token)
+            .arg(&self.group)
+            .arg(consumer);
+        for (id, attempts) in ids {
+            cmd.arg(id.to_string()).arg(*attempts);
+        }
+        self.call(&cmd).await
+    }
+
+    /// Moves messages to the dead-letter stream and acknowledges them (fenced).
+    pub async fn dead(
+        &self,
+        p: u16,
+        token: &str,
+        maxlen: u64,
+        letters: &[DeadLetter<'_>],
+    ) -> Result<u64> {
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_dead")
+            .arg(3)
+            .arg(self.keys.lease_key(p))
+            .arg(self.keys.stream_key(p))
+            .arg(self.keys.dead_key(p))
+            .arg(token)
+            .arg(&self.group)
+            .arg(maxlen);
+        for l in letters {
+            cmd.arg(l.id.to_string())
+                .arg(l.attempts)
+                .arg(l.reason)
+                .arg(l.body);
+        }
+        self.call(&cmd).await
+    }
+
+    /// Claims messages before a handler runs them (consumer side).
+    pub async fn claim(
+        &self,
+        owner: &str,
+        ttl_ms: u64,
+        retention_s: u64,
+        ids: &[(u16, MessageId)],
+    ) -> Result<Vec<ClaimState>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_claim").arg(ids.len());
+        for (p, id) in ids {
+            cmd.arg(self.keys.result_key(*p, *id));
+        }
+        cmd.arg(owner).arg(ttl_ms).arg(retention_s);
+        for (_, id) in ids {
+            cmd.arg(id.to_string());
+        }
+        let states: Vec<i64> = self.call(&cmd).await?;
+        Ok(states
+            .into_iter()
+            .map(|s| match s {
+                0 => ClaimState::Run,
+                1 => ClaimState::Done,
+                _ => ClaimState::Busy,
+            })
+            .collect())
+    }
+
+    /// Records results and completion in one step; per message, `true` when this call recorded it and
+    /// `false` when it was done already.
+    pub async fn complete(
+        &self,
+        retention_s: u64,
+        results: &[(u16, MessageId, &[u8])],
+    ) -> Result<Vec<bool>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_complete").arg(results.len());
+        for (p, id, _) in results {
+            cmd.arg(self.keys.result_key(*p, *id));
+        }
+        cmd.arg(retention_s);
+        for (_, id, r) in results {
+            cmd.arg(id.to_string()).arg(*r);
+        }
+        let states: Vec<i64> = self.call(&cmd).await?;
+        Ok(states.into_iter().map(|s| s == 1).collect())
+    }
+
+    /// Drops our claims on messages whose handler asked for a retry.
+    pub async fn unclaim(&self, owner: &str, ids: &[(u16, MessageId)]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("dd_unclaim").arg(ids.len());
+        for (p, id) in ids {
+            cmd.arg(self.keys.result_key(*p, *id));
+        }
+        cmd.arg(owner);
+        for (_, id) in ids {
+            cmd.arg(id.to_string());
+        }
+        self.call(&cmd).await
+    }
+
+    /// The recorded result of a message, if any.
+    pub async fn result(&self, p: u16, id: MessageId) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let v: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.result_key(p, id))
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.and_then(|v| v.strip_prefix(b"d|").map(<[u8]>::to_vec)))
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Parses stream entries `[[id, [field, value, …]], …]`, appending to `out`. An entry deleted from the
+/// stream while pending comes back with nil fields; it is delivered with an empty body.
+pub fn parse_entries(v: Value, out: &mut Vec<Entry>) -> Result<()> {
+    let Value::Array(entries) = v else {
+        return Ok(());
+    };
+    out.reserve(entries.len());
+    for e in entries {
+        let Value::Array(mut parts) = e else {
+            return Err(DeliveryError::protocol("stream entry is not an array"));
+        };
+        if parts.len() != 2 {
+            return Err(DeliveryError::protocol("stream entry is not [id, fields]"));
+        }
+        let fields = parts.pop().unwrap_or(Value::Nil);
+        let id: MessageId = text(&parts[0])
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| DeliveryError::protocol("stream entry id"))?;
+        let body = match fields {
+            Value::Array(kv) => body_of(kv),
+            Value::Map(kv) => body_of(kv.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+            _ => Vec::new(),
+        };
+        out.push(Entry { id, body });
+    }
+    Ok(())
+}
+
+fn body_of(mut kv: Vec<Value>) -> Vec<u8> {
+    if kv.len() == 2
+        && matches!(&kv[0], Value::BulkString(k) if k == BODY_FIELD.as_bytes())
+        && let Value::BulkString(b) = kv.swap_remove(1)
+    {
+        return b;
+    }
+    let mut obj = serde_json::Map::new();
+    for pair in kv.chunks(2) {
+        if let [k, v] = pair {
+            let k = text(k).unwrap_or_default();
+            let v = match v {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => text(other).unwrap_or_default(),
+            };
+            obj.insert(k, serde_json::Value::String(v));
+        }
+    }
+    if let Some(serde_json::Value::String(b)) = obj.get(BODY_FIELD) {
+        return b.clone().into_bytes();
+    }
+    serde_json::to_vec(&obj).unwrap_or_default()
+}

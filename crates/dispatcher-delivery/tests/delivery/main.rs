@@ -1,0 +1,1 @@
+//! Integration tests of push delivery against real Redis servers.
