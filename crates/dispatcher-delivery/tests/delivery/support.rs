@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -217,26 +217,25 @@ pub struct Run {
     pub attempt: u16,
 }
 
-/// What every handler of a test saw, shared by its consumers.
+/// Every handler run of a test, per message (partition, id: stream ids repeat across partitions),
+/// shared by its consumers.
 #[derive(Debug, Default)]
 pub struct Log {
-    runs: Mutex<HashMap<MessageId, Vec<Run>>>,
-    recorded: Mutex<HashMap<MessageId, u32>>,
-    found_done: AtomicU64,
+    runs: Mutex<HashMap<(u16, MessageId), Vec<Run>>>,
 }
 
 impl Log {
     /// Handler runs per message.
-    pub fn runs(&self) -> HashMap<MessageId, Vec<Run>> {
+    pub fn runs(&self) -> HashMap<(u16, MessageId), Vec<Run>> {
         self.runs.lock().expect("log lock").clone()
     }
 
     /// Runs of one message.
-    pub fn runs_of(&self, id: MessageId) -> Vec<Run> {
+    pub fn runs_of(&self, p: u16, id: MessageId) -> Vec<Run> {
         self.runs
             .lock()
             .expect("log lock")
-            .get(&id)
+            .get(&(p, id))
             .cloned()
             .unwrap_or_default()
     }
@@ -251,14 +250,15 @@ impl Log {
             .sum()
     }
 
-    /// How often a consumer's completion call recorded each message's result (must be once at most).
-    pub fn recorded(&self) -> HashMap<MessageId, u32> {
-        self.recorded.lock().expect("log lock").clone()
-    }
-
-    /// Deliveries that found their message done already.
-    pub fn found_done(&self) -> u64 {
-        self.found_done.load(Ordering::SeqCst)
+    /// Messages whose handler ran more than once, with their runs.
+    pub fn ran_twice(&self) -> Vec<((u16, MessageId), Vec<Run>)> {
+        self.runs
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|(_, r)| r.len() > 1)
+            .map(|(k, r)| (*k, r.clone()))
+            .collect()
     }
 }
 
@@ -281,7 +281,7 @@ impl Step {
 /// Decides a run: the message and how many times the handler has now run for it (1 on the first).
 pub type Behaviour = Arc<dyn Fn(&Message, usize) -> Step + Send + Sync>;
 
-/// A handler that logs every run and every recorded result, then does what its behaviour says.
+/// A handler that logs every run, then does what its behaviour says.
 pub struct TestHandler {
     name: String,
     log: Arc<Log>,
@@ -315,7 +315,7 @@ impl Handler for TestHandler {
     async fn handle(&self, msg: Message) -> Outcome {
         let n = {
             let mut runs = self.log.runs.lock().expect("log lock");
-            let v = runs.entry(msg.id).or_default();
+            let v = runs.entry((msg.partition, msg.id)).or_default();
             v.push(Run {
                 consumer: self.name.clone(),
                 attempt: msg.attempt,
@@ -327,17 +327,6 @@ impl Handler for TestHandler {
             tokio::time::sleep(step.sleep).await;
         }
         step.outcome
-    }
-
-    fn recorded(&self, results: &[(MessageId, bool)]) {
-        let mut rec = self.log.recorded.lock().expect("log lock");
-        for (id, first) in results {
-            if *first {
-                *rec.entry(*id).or_default() += 1;
-            } else {
-                self.log.found_done.fetch_add(1, Ordering::SeqCst);
-            }
-        }
     }
 }
 
