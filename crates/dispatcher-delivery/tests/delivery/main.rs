@@ -1,5 +1,6 @@
 //! Integration tests of push delivery against real Redis servers.
 
+mod delivery;
 mod handshake;
 mod leases;
 mod support;
