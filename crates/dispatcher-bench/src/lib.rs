@@ -2,6 +2,7 @@
 //! PRODUCT.md §3.1 and returns a report that serialises to the one-line JSON object the CLI prints last.
 
 pub mod admission;
+pub mod delivery;
 pub mod httpc;
 pub mod join;
 pub mod live;

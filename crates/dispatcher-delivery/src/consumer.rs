@@ -49,12 +49,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Told once per batch, before the handler runs for these messages (claimed for us). For audits
     /// and tests; default: nothing.
-    fn running(&self, _ids: &[MessageId]) {}
+    fn running(&self, _ids: &[(u16, MessageId)]) {}
 
     /// Told once per batch after completion: per message, `true` when this consumer's call recorded the
     /// result, `false` when it was done already (its handler did not run here, or ran twice). For audits
     /// and tests; default: nothing.
-    fn recorded(&self, _results: &[(MessageId, bool)]) {}
+    fn recorded(&self, _results: &[(u16, MessageId, bool)]) {}
 }
 
 /// How a consumer runs.
@@ -78,7 +78,7 @@ impl ConsumerOptions {
             consumer_id: consumer_id.into(),
             secret,
             window: 2048,
-            claim_ttl: Duration::from_secs(30),
+            claim_ttl: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
             max_payload: frame::DEFAULT_MAX_PAYLOAD,
         }
@@ -112,8 +112,8 @@ struct Ctx<H> {
     /// The claim owner: consumer id plus a per-process nonce, so a restarted consumer is not mistaken
     /// for the one that held the claim.
     owner: String,
-    /// Messages whose handler runs in this process now.
-    running: Mutex<HashSet<MessageId>>,
+    /// Messages (partition, id: stream ids repeat across partitions) whose handler runs here now.
+    running: Mutex<HashSet<(u16, MessageId)>>,
 }
 
 /// Accepts dispatcher connections on `listener` until `shutdown`; each is served on its own task.
@@ -378,7 +378,9 @@ async fn process<H: Handler>(
         // Messages already running here (a redelivery racing its first run) wait for it.
         let (local, todo): (Vec<Message>, Vec<Message>) = {
             let running = ctx.running.lock().map(|r| r.clone()).unwrap_or_default();
-            waiting.into_iter().partition(|m| running.contains(&m.id))
+            waiting
+                .into_iter()
+                .partition(|m| running.contains(&(m.partition, m.id)))
         };
         let ids: Vec<(u16, MessageId)> = todo.iter().map(|m| (m.partition, m.id)).collect();
         let states = match ctx
@@ -410,7 +412,7 @@ async fn process<H: Handler>(
                 ClaimState::Run => run.push(m),
                 ClaimState::Done => {
                     metrics::counter!(telemetry::ALREADY_DONE).increment(1);
-                    already.push((m.id, false));
+                    already.push((m.partition, m.id, false));
                     let _ = frame::encode(
                         &Frame::Ack {
                             partition: m.partition,
@@ -428,7 +430,7 @@ async fn process<H: Handler>(
         }
         if !run.is_empty() {
             if let Ok(mut r) = ctx.running.lock() {
-                r.extend(run.iter().map(|m| m.id));
+                r.extend(run.iter().map(|m| (m.partition, m.id)));
             }
             run_handlers(&ctx, run, &mut reply).await;
         }
@@ -446,7 +448,7 @@ async fn process<H: Handler>(
 async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &mut Vec<u8>) {
     let retention = ctx.opts.retention.as_secs().max(1);
     let mut outcomes = Vec::with_capacity(run.len());
-    let ids: Vec<MessageId> = run.iter().map(|m| m.id).collect();
+    let ids: Vec<(u16, MessageId)> = run.iter().map(|m| (m.partition, m.id)).collect();
     ctx.handler.running(&ids);
     for m in &run {
         let o = ctx.handler.handle(m.clone()).await;
@@ -493,7 +495,7 @@ async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &
                 } else {
                     metrics::counter!(telemetry::ALREADY_DONE).increment(1);
                 }
-                audit.push((m.id, first));
+                audit.push((m.partition, m.id, first));
                 let _ = frame::encode(
                     &Frame::Ack {
                         partition: m.partition,
@@ -520,7 +522,7 @@ async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &
     ctx.handler.recorded(&audit);
     if let Ok(mut r) = ctx.running.lock() {
         for m in &run {
-            r.remove(&m.id);
+            r.remove(&(m.partition, m.id));
         }
     }
 }

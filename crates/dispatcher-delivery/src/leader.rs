@@ -201,6 +201,9 @@ async fn manage(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Res
     let mut conn = shared.store.connection();
     let members_key = keys.members_key();
     let stale_ms = shared.opts.lease.ttl.as_millis() as u64 * 3;
+    // How long an excess over the fair share must last before a partition is given back.
+    let settle = shared.opts.lease.ttl * 2;
+    let mut over_share_since: Option<Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -276,25 +279,28 @@ async fn manage(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Res
                     }
                 }
                 free_before = free_now;
-                // Above our share (an instance joined): give the newest extra partitions back.
+                // Above our share (an instance joined): give one partition back per round, once the
+                // excess has lasted a while (so a rescue of orphans does not flap), the newest first.
                 let active: Vec<(u16, Instant)> = held
                     .iter()
                     .filter(|(_, h)| !*h.stop.borrow())
                     .map(|(p, h)| (*p, h.acquired))
                     .collect();
                 if active.len() > usize::from(share) {
-                    let mut by_age = active;
-                    by_age.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
-                    for (p, _) in by_age.iter().take(by_age.len() - usize::from(share)) {
-                        if let Some(h) = held.get(p) {
-                            tracing::info!(
-                                partition = p,
-                                share,
-                                "giving a partition back for balance"
-                            );
-                            let _ = h.stop.send(true);
-                        }
+                    let since = *over_share_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= settle
+                        && let Some((p, _)) = active
+                            .iter()
+                            .filter(|(_, at)| at.elapsed() >= settle)
+                            .max_by_key(|(_, at)| *at)
+                        && let Some(h) = held.get(p)
+                    {
+                        tracing::info!(partition = p, share, "giving a partition back for balance");
+                        let _ = h.stop.send(true);
+                        over_share_since = None;
                     }
+                } else {
+                    over_share_since = None;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "membership heartbeat failed"),

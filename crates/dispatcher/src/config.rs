@@ -236,9 +236,10 @@ pub struct DeliveryConfig {
     pub consumer_addr: String,
     /// Consumer: its id in the hello; default `consumer-<port>`. Env: `DISPATCHER_CONSUMER_ID`.
     pub consumer_id: Option<String>,
-    /// Consumer: credit granted to each dispatcher connection.
+    /// Consumer: credit granted to each dispatcher connection. Env: `DISPATCHER_CONSUMER_WINDOW`.
     pub window: u32,
-    /// Consumer: how long a claim keeps another consumer from running the same message, ms.
+    /// Consumer: how long a claim keeps another consumer from running the same message, ms; keep it
+    /// below `ack_timeout_ms` and above the slowest handler. Env: `DISPATCHER_CLAIM_TTL_MS`.
     pub claim_ttl_ms: u64,
     /// Consumer: how long results are kept (and duplicates recognised), seconds.
     pub result_retention_secs: u64,
@@ -261,7 +262,7 @@ impl Default for DeliveryConfig {
             consumer_addr: "127.0.0.1:7070".into(),
             consumer_id: None,
             window: 2_048,
-            claim_ttl_ms: 30_000,
+            claim_ttl_ms: 10_000,
             result_retention_secs: 86_400,
         }
     }
@@ -497,6 +498,12 @@ impl Config {
         }
         if let Some(v) = get("DISPATCHER_CONSUMER_ID") {
             d.consumer_id = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_CLAIM_TTL_MS") {
+            d.claim_ttl_ms = num("DISPATCHER_CLAIM_TTL_MS", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_CONSUMER_WINDOW") {
+            d.window = num("DISPATCHER_CONSUMER_WINDOW", &v)?;
         }
         Ok(())
     }

@@ -69,8 +69,8 @@ pub struct ConsumerArgs {
     /// n-th message asks for a retry), `reject-every:<n>` (every n-th goes to the dead letters).
     #[arg(long, default_value = "noop")]
     handler: String,
-    /// Append `R <id>` before each handler run and `W <id>` / `D <id>` when its result was recorded / found
-    /// done already, one write per batch (an audit trail that survives SIGKILL).
+    /// Append `R <partition> <id>` before each handler run and `W …` / `D …` when its result was recorded /
+    /// found done already, one write per batch (an audit trail that survives SIGKILL).
     #[arg(long)]
     run_log: Option<PathBuf>,
 }
@@ -242,14 +242,19 @@ fn parse_mode(s: &str) -> anyhow::Result<Mode> {
 }
 
 impl ReferenceHandler {
-    fn log(&self, tag: char, ids: impl Iterator<Item = MessageId>) {
+    fn log(&self, tag: char, ids: impl Iterator<Item = (u16, MessageId)>) {
         let Some(f) = &self.log else { return };
         let mut buf = String::new();
-        for id in ids {
+        for (p, id) in ids {
             buf.push(tag);
+            buf.push(' ');
+            buf.push_str(&p.to_string());
             buf.push(' ');
             buf.push_str(&id.to_string());
             buf.push('\n');
+        }
+        if buf.is_empty() {
+            return;
         }
         if let Ok(mut f) = f.lock()
             && let Err(e) = f.write_all(buf.as_bytes())
@@ -265,22 +270,24 @@ impl Handler for ReferenceHandler {
         match self.mode {
             Mode::Noop => {}
             Mode::Sleep(d) => tokio::time::sleep(d).await,
-            Mode::FailEvery(k) if n % k == 0 && msg.attempt == 1 => {
+            Mode::FailEvery(k) if n.is_multiple_of(k) && msg.attempt == 1 => {
                 return Outcome::Retry("asked to fail".into());
             }
-            Mode::RejectEvery(k) if n % k == 0 => return Outcome::Reject("asked to reject".into()),
+            Mode::RejectEvery(k) if n.is_multiple_of(k) => {
+                return Outcome::Reject("asked to reject".into());
+            }
             _ => {}
         }
         Outcome::Done(format!("ok {}", msg.body.len()).into_bytes())
     }
 
-    fn running(&self, ids: &[MessageId]) {
+    fn running(&self, ids: &[(u16, MessageId)]) {
         self.log('R', ids.iter().copied());
     }
 
-    fn recorded(&self, results: &[(MessageId, bool)]) {
-        self.log('W', results.iter().filter(|r| r.1).map(|r| r.0));
-        self.log('D', results.iter().filter(|r| !r.1).map(|r| r.0));
+    fn recorded(&self, results: &[(u16, MessageId, bool)]) {
+        self.log('W', results.iter().filter(|r| r.2).map(|r| (r.0, r.1)));
+        self.log('D', results.iter().filter(|r| !r.2).map(|r| (r.0, r.1)));
     }
 }
 

@@ -77,6 +77,38 @@ enum BenchCommand {
     /// The outbox relay (its own process) against real Postgres and Redis: drain, wake-up cost,
     /// commit → stream latency, xmin horizon, overload.
     Outbox(OutboxBenchArgs),
+    /// Push delivery as separate processes (3 dispatchers, 3 consumers): the ceiling, then leader and
+    /// consumer kills at a fixed rate with a ledger (lost, duplicated, reprocessed, failover gaps).
+    Delivery(DeliveryBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeliveryBenchArgs {
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Offered messages/s in the kill scenarios (default: half the measured ceiling).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Length of each kill scenario, seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds between kills.
+    #[arg(long)]
+    kill_every: Option<f64>,
+    #[arg(long)]
+    partitions: Option<u16>,
+    /// Skip the ceiling search (then give --rate).
+    #[arg(long)]
+    skip_ceiling: bool,
+    #[arg(long)]
+    skip_consumer_kills: bool,
+    /// A short run for CI.
+    #[arg(long)]
+    smoke: bool,
+    /// Print one JSON object as the last line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +360,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Join(a)) => rt.block_on(bench_join(a)),
         Command::Bench(BenchCommand::Live(a)) => rt.block_on(bench_live(a)),
         Command::Bench(BenchCommand::Outbox(a)) => rt.block_on(bench_outbox(a)),
+        Command::Bench(BenchCommand::Delivery(a)) => rt.block_on(bench_delivery(a)),
         Command::Token(t) => token::run(t),
         Command::Outbox(o) => rt.block_on(outbox::run(o)),
         Command::Delivery(d) => rt.block_on(delivery::run(d)),
@@ -363,6 +396,57 @@ async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
         opts.connections
     );
     let report = run(&opts).await.context("join benchmark")?;
+    println!("{report}");
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(())
+}
+
+async fn bench_delivery(a: DeliveryBenchArgs) -> anyhow::Result<()> {
+    use dispatcher_bench::delivery::{DeliveryBenchOptions, run};
+    let exe = this_exe()?;
+    let mut o = if a.smoke {
+        DeliveryBenchOptions::smoke(exe, a.redis)
+    } else {
+        DeliveryBenchOptions::full(exe, a.redis)
+    };
+    if let Some(v) = a.rate {
+        anyhow::ensure!(
+            v.is_finite() && v >= 1.0,
+            "--rate must be at least 1 message/s"
+        );
+        o.rate = Some(v);
+    }
+    if let Some(v) = a.duration {
+        anyhow::ensure!(v.is_finite() && v >= 1.0, "--duration must be at least 1 s");
+        o.duration_secs = v;
+    }
+    if let Some(v) = a.kill_every {
+        anyhow::ensure!(
+            v.is_finite() && v >= 1.0,
+            "--kill-every must be at least 1 s"
+        );
+        o.kill_every_secs = v;
+    }
+    if let Some(v) = a.partitions {
+        anyhow::ensure!((1..=1024).contains(&v), "--partitions must be 1..=1024");
+        o.partitions = v;
+    }
+    anyhow::ensure!(
+        !a.skip_ceiling || o.rate.is_some(),
+        "--skip-ceiling needs --rate (the default rate is half the ceiling)"
+    );
+    o.skip_ceiling = a.skip_ceiling;
+    o.skip_consumer_kills = a.skip_consumer_kills;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = run(&o, &|phase: &str| {
+        bar.set_message(format!("bench delivery: {phase}"))
+    })
+    .await
+    .context("delivery benchmark")?;
+    bar.finish_and_clear();
     println!("{report}");
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
