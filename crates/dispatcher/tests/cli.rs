@@ -6,6 +6,8 @@
 mod browser;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/delivery.rs"]
+mod delivery;
 #[path = "cli/forwarder_crash.rs"]
 mod forwarder_crash;
 #[path = "cli/outbox.rs"]
