@@ -379,3 +379,88 @@ async fn a_consumer_shut_down_mid_run_hands_its_messages_to_the_other_and_none_i
     );
     stop_all(leader, vec![cb]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a takeover counts as a delivery attempt: leader.rs reclaim() takes the pending entries \
+            with XAUTOCLAIM (which adds 1 to each delivery count) and enqueues them with that count as \
+            their attempt, so leaders that come and go while no consumer is up dead-letter a message \
+            ('too many attempts') that was never delivered"]
+async fn takeovers_without_a_delivery_do_not_use_up_the_attempts() {
+    let s = Setup::new(1).await;
+    let id = s.publish(0, "survivor").await;
+    // A leader read it and died before delivering it: pending, delivery count 1.
+    let e = s
+        .store
+        .acquire(0, "ghost", 60_000)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let read = s
+        .store
+        .read(0, &format!("ghost|{e}"), "ghost", 10)
+        .await
+        .expect("read");
+    assert_eq!(read.len(), 1);
+    assert!(
+        s.store
+            .release(0, &format!("ghost|{e}"))
+            .await
+            .expect("release")
+    );
+    // Three leaders take the partition over and shut down in turn while the consumer is down.
+    let nowhere = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("ws://{}/", l.local_addr().expect("addr"))
+    };
+    for i in 0..3 {
+        let node = format!("leader-{i}");
+        let mut opts = leader_options(&node, vec![nowhere.clone()], SECRET);
+        opts.max_attempts = 3;
+        let leader = start_leader(&s, opts).await;
+        // It took the message over (XAUTOCLAIM moves it to its consumer).
+        wait_until(
+            DEADLINE,
+            "the new leader took the pending entry over",
+            || async {
+                let mut conn = s.conn.clone();
+                let v: redis::Value = redis::cmd("XPENDING")
+                    .arg(s.keys.stream_key(0))
+                    .arg(crate::support::GROUP)
+                    .arg("-")
+                    .arg("+")
+                    .arg(10)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("XPENDING");
+                let rows: Vec<(String, String, i64, i64)> =
+                    redis::from_redis_value(v).unwrap_or_default();
+                rows.iter().any(|r| r.1 == node) || !s.dead_letters(0).await.is_empty()
+            },
+        )
+        .await;
+        leader.stop().await;
+    }
+    // The consumer is back: the message was never delivered, so it must still be deliverable.
+    let log = Arc::new(Log::default());
+    let c = start_consumer(
+        &s,
+        consumer_options("worker", SECRET),
+        TestHandler::ok("worker", log.clone()),
+    )
+    .await;
+    let mut opts = leader_options("leader-last", vec![c.url.clone()], SECRET);
+    opts.max_attempts = 3;
+    let leader = start_leader(&s, opts).await;
+    wait_until(DEADLINE, "the message is done or dead-lettered", || async {
+        s.store.result(0, id).await.expect("result").is_some()
+            || !s.dead_letters(0).await.is_empty()
+    })
+    .await;
+    assert_eq!(
+        s.dead_letters(0).await,
+        Vec::<HashMap<String, String>>::new(),
+        "a message no consumer ever saw was dead-lettered"
+    );
+    assert_eq!(log.runs_of(0, id).len(), 1);
+    stop_all(leader, vec![c]).await;
+}
