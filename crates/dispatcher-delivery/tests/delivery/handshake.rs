@@ -602,6 +602,23 @@ async fn a_raw_dispatcher_that_proves_the_secret_gets_credit_acks_and_is_held_to
         Some(vec![Got::Credit(3)]),
         "after the auth the consumer grants its window"
     );
+    // A Ping is answered with a Pong carrying its token.
+    send(
+        &mut ws,
+        enc(&[Frame::Ping {
+            token: 0x0102_0304_0506_0708,
+        }]),
+    )
+    .await;
+    let pong = tokio::time::timeout(READ_TIMEOUT, ws.next())
+        .await
+        .expect("a pong in time")
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(
+        decode_all(&pong.into_data()),
+        vec![Got::Pong(0x0102_0304_0506_0708)]
+    );
 
     let deliver = |id: MessageId, attempt: u16, body: &'static [u8]| {
         Frame::Deliver(Delivery {
@@ -813,6 +830,24 @@ async fn a_leader_proves_itself_to_a_raw_consumer_and_delivers_within_credit() {
         ),
         "the leader's proof follows docs/protocol.md"
     );
+    // A Ping is answered with a Pong carrying its token.
+    send_server(&mut ws, enc(&[Frame::Ping { token: 77 }])).await;
+    loop {
+        let msg = tokio::time::timeout(READ_TIMEOUT, ws.next())
+            .await
+            .expect("a pong in time")
+            .expect("a message")
+            .expect("no error");
+        // The leader pings on its own too; anything else before the Pong is wrong.
+        let got: Vec<Got> = decode_all(&msg.into_data())
+            .into_iter()
+            .filter(|g| !matches!(g, Got::Ping(_)))
+            .collect();
+        if !got.is_empty() {
+            assert_eq!(got, vec![Got::Pong(77)]);
+            break;
+        }
+    }
     // No Deliver before the first Credit.
     assert_eq!(
         recv_server(&mut ws, Duration::from_millis(1500)).await,
