@@ -199,8 +199,8 @@ impl Deployment {
     }
 
     /// Which of `ids` have a recorded result (`d|…` in their result hash).
-    fn done(&self, conn: &mut RespConnection, ids: &[(u16, String)]) -> HashSet<(u16, String)> {
-        let mut by_key: HashMap<String, Vec<&(u16, String)>> = HashMap::new();
+    fn done(&self, conn: &mut RespConnection, ids: &[Msg]) -> HashSet<Msg> {
+        let mut by_key: HashMap<String, Vec<&Msg>> = HashMap::new();
         for x in ids {
             let id: MessageId = x.1.parse().expect("a message id");
             by_key
@@ -230,7 +230,7 @@ impl Deployment {
         out
     }
 
-    fn wait_done(&self, ids: &[(u16, String)]) {
+    fn wait_done(&self, ids: &[Msg]) {
         let mut conn = self.conn();
         let mut n = 0;
         let ok = testkit::wait_until(DEADLINE, || {
@@ -305,44 +305,27 @@ impl Deployment {
     }
 }
 
-/// Message ids unique across all partitions (Redis numbers each partition stream on its own, so the
-/// same `<ms>-<seq>` could name two messages) and increasing within each stream.
-#[derive(Debug, Default)]
-struct Ids {
-    last_ms: u64,
-    seq: u64,
-}
+/// A message: its partition and its stream id (ids repeat across partitions: each partition stream
+/// numbers its entries on its own).
+type Msg = (u16, String);
 
-impl Ids {
-    fn next(&mut self) -> String {
-        self.last_ms = self.last_ms.max(unix_ms());
-        self.seq += 1;
-        format!("{}-{}", self.last_ms, self.seq)
-    }
-}
-
-fn xadd(d: &Deployment, conn: &mut RespConnection, ids: &mut Ids, p: u16) -> String {
-    let id = ids.next();
+fn xadd(conn: &mut RespConnection, keys: &Partitioning, p: u16) -> Msg {
     let v = conn
-        .command(&[
-            "XADD",
-            &d.keys.stream_key(p),
-            &id,
-            "body",
-            &format!("payload {id}"),
-        ])
+        .command(&["XADD", &keys.stream_key(p), "*", "body", "payload"])
         .expect("XADD");
-    assert_eq!(v.as_text().as_deref(), Some(id.as_str()));
-    id
+    (p, v.as_text().expect("XADD returns the id"))
 }
 
 /// Publishes `n` messages round robin over the partitions.
-fn publish_n(d: &Deployment, ids: &mut Ids, n: usize) -> Vec<(u16, String)> {
+fn publish_n(d: &Deployment, n: usize) -> Vec<Msg> {
     let mut conn = d.conn();
     (0..n)
         .map(|i| {
-            let p = (i % usize::from(d.keys.partitions)) as u16;
-            (p, xadd(d, &mut conn, ids, p))
+            xadd(
+                &mut conn,
+                &d.keys,
+                (i % usize::from(d.keys.partitions)) as u16,
+            )
         })
         .collect()
 }
@@ -353,20 +336,19 @@ fn publisher(
     keys: Partitioning,
     rate: u64,
     dur: Duration,
-) -> std::thread::JoinHandle<Vec<(u16, String)>> {
+) -> std::thread::JoinHandle<Vec<Msg>> {
     std::thread::spawn(move || {
         let mut conn = RespConnection::connect(addr).expect("publisher connects");
-        let mut ids = Ids::default();
         let mut out = Vec::new();
         let start = Instant::now();
         while start.elapsed() < dur {
             let due = (start.elapsed().as_secs_f64() * rate as f64) as usize;
             while out.len() < due {
-                let p = rand::random_range(0..keys.partitions);
-                let id = ids.next();
-                conn.command(&["XADD", &keys.stream_key(p), &id, "body", "payload"])
-                    .expect("XADD");
-                out.push((p, id));
+                out.push(xadd(
+                    &mut conn,
+                    &keys,
+                    rand::random_range(0..keys.partitions),
+                ));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -374,41 +356,42 @@ fn publisher(
     })
 }
 
-/// What the consumers' run logs say, per message id.
+/// What the consumers' run logs say, per message.
 #[derive(Debug, Default)]
 struct Audit {
-    r: HashMap<String, u32>,
-    w: HashMap<String, u32>,
-    d: HashMap<String, u32>,
+    r: HashMap<Msg, u32>,
+    w: HashMap<Msg, u32>,
+    d: HashMap<Msg, u32>,
 }
 
 impl Audit {
-    /// Reads run logs; a line is `<tag> <id>` or `<tag> <partition> <id>`.
+    /// Reads run logs: lines `<R|W|D> <partition> <id>`.
     fn read(paths: &[PathBuf]) -> Self {
         let mut a = Audit::default();
-        for p in paths {
-            let Ok(text) = std::fs::read_to_string(p) else {
+        for path in paths {
+            let Ok(text) = std::fs::read_to_string(path) else {
                 continue;
             };
             for line in text.lines() {
-                let mut parts = line.split_whitespace();
-                let (Some(tag), Some(id)) = (parts.next(), parts.last()) else {
-                    continue;
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                let [tag, p, id] = parts.as_slice() else {
+                    panic!("{}: run log line {line:?}", path.display());
                 };
-                let m = match tag {
+                let m = match *tag {
                     "R" => &mut a.r,
                     "W" => &mut a.w,
                     "D" => &mut a.d,
-                    other => panic!("{}: unknown run log line {other:?}", p.display()),
+                    other => panic!("{}: unknown run log tag {other:?}", path.display()),
                 };
-                *m.entry(id.to_owned()).or_default() += 1;
+                let p: u16 = p.parse().expect("a partition number");
+                *m.entry((p, (*id).to_owned())).or_default() += 1;
             }
         }
         a
     }
 
-    fn more_than_once(m: &HashMap<String, u32>) -> Vec<String> {
-        let mut v: Vec<String> = m
+    fn more_than_once(m: &HashMap<Msg, u32>) -> Vec<Msg> {
+        let mut v: Vec<Msg> = m
             .iter()
             .filter(|(_, n)| **n > 1)
             .map(|(k, _)| k.clone())
@@ -495,8 +478,7 @@ fn a_leader_paused_with_sigstop_is_fenced_and_writes_nothing_after_it_resumes() 
         .map(|h| h.as_ref().map_or(0, |x| x.1))
         .collect();
 
-    let mut ids = Ids::default();
-    let mut all = publish_n(&d, &mut ids, 400);
+    let mut all = publish_n(&d, 400);
     d.wait_done(&all);
     d.wait_nothing_pending();
     // A's counters settle (a stats line a second) before the pause.
@@ -513,14 +495,14 @@ fn a_leader_paused_with_sigstop_is_fenced_and_writes_nothing_after_it_resumes() 
     let t_stop = unix_ms();
     signal(&procs.0[2], "STOP");
     // Published while A is paused: A still holds the leases until they run out.
-    all.extend(publish_n(&d, &mut ids, 400));
+    all.extend(publish_n(&d, 400));
     procs.spawn(&mut d.dispatcher("node-b"));
     let b_holds = d.wait_holders("B holds every partition with a higher epoch", |h| {
         h.iter()
             .zip(&a_epochs)
             .all(|(x, a)| x.as_ref().is_some_and(|(o, e)| o == "node-b" && e > a))
     });
-    all.extend(publish_n(&d, &mut ids, 400));
+    all.extend(publish_n(&d, 400));
     d.wait_done(&all);
     d.wait_nothing_pending();
     // A third instance takes half of B's partitions, so that a resumed A has no fair share to claim.
@@ -607,16 +589,16 @@ fn a_leader_paused_with_sigstop_is_fenced_and_writes_nothing_after_it_resumes() 
     let audit = Audit::read(&[d.run_log(0, 0), d.run_log(1, 0)]);
     let done = d.done(&mut conn, &all);
     assert_eq!(done.len(), all.len(), "messages without a result");
-    for (p, id) in &all {
+    for m in &all {
         assert_eq!(
-            audit.w.get(id).copied().unwrap_or(0),
+            audit.w.get(m).copied().unwrap_or(0),
             1,
-            "{p}/{id}: results recorded (W)"
+            "{m:?}: results recorded (W)"
         );
         assert_eq!(
-            audit.r.get(id).copied().unwrap_or(0),
+            audit.r.get(m).copied().unwrap_or(0),
             1,
-            "{p}/{id}: handler runs (R)"
+            "{m:?}: handler runs (R)"
         );
     }
     assert_eq!(d.dead_letters(&mut conn), 0);
@@ -651,23 +633,23 @@ fn busiest(holders: &[Option<(String, u64)>], nodes: &[String]) -> (usize, Vec<(
 
 struct Report {
     published: usize,
-    lost: Vec<(u16, String)>,
-    twice_w: Vec<String>,
-    twice_r: Vec<String>,
+    lost: Vec<Msg>,
+    twice_w: Vec<Msg>,
+    twice_r: Vec<Msg>,
 }
 
-fn check_all(d: &Deployment, all: &[(u16, String)], logs: &[PathBuf]) -> (Report, Audit) {
+fn check_all(d: &Deployment, all: &[Msg], logs: &[PathBuf]) -> (Report, Audit) {
     d.wait_done(all);
     d.wait_nothing_pending();
     let mut conn = d.conn();
     let done = d.done(&mut conn, all);
-    let lost: Vec<(u16, String)> = all.iter().filter(|x| !done.contains(x)).cloned().collect();
+    let lost: Vec<Msg> = all.iter().filter(|x| !done.contains(x)).cloned().collect();
     let audit = Audit::read(logs);
-    let published: HashSet<&String> = all.iter().map(|x| &x.1).collect();
-    for id in audit.r.keys().chain(audit.w.keys()) {
+    let published: HashSet<&Msg> = all.iter().collect();
+    for m in audit.r.keys().chain(audit.w.keys()) {
         assert!(
-            published.contains(id),
-            "a run log names {id}, never published"
+            published.contains(m),
+            "a run log names {m:?}, never published"
         );
     }
     assert_eq!(
@@ -744,15 +726,15 @@ fn leaders_sigkilled_mid_run_lose_nothing_and_reprocess_nothing() {
         report.twice_r.len()
     );
     assert!(report.published > 5_000, "the publisher fell far behind");
-    assert_eq!(report.lost, Vec::<(u16, String)>::new(), "lost messages");
+    assert_eq!(report.lost, Vec::<Msg>::new(), "lost messages");
     assert_eq!(
         report.twice_w,
-        Vec::<String>::new(),
+        Vec::<Msg>::new(),
         "messages whose result was recorded twice"
     );
     assert_eq!(
         report.twice_r,
-        Vec::<String>::new(),
+        Vec::<Msg>::new(),
         "messages whose handler ran twice across a leader failover"
     );
 }
@@ -794,20 +776,19 @@ fn a_consumer_sigkilled_mid_run_loses_nothing_and_reruns_only_what_it_held() {
     // What the killed process had started and not recorded: the only messages allowed to run again,
     // and the only ones allowed to have no W (their result was recorded, the log line was not).
     let killed = Audit::read(std::slice::from_ref(&victim_log));
-    let in_hands: HashSet<&String> = killed
+    let in_hands: HashSet<&Msg> = killed
         .r
         .keys()
-        .filter(|id| !killed.w.contains_key(*id))
+        .filter(|m| !killed.w.contains_key(*m))
         .collect();
-    let rerun_outside: Vec<&String> = report
+    let rerun_outside: Vec<&Msg> = report
         .twice_r
         .iter()
-        .filter(|id| !in_hands.contains(id))
+        .filter(|m| !in_hands.contains(m))
         .collect();
-    let no_w_outside: Vec<&String> = all
+    let no_w_outside: Vec<&Msg> = all
         .iter()
-        .map(|x| &x.1)
-        .filter(|id| !audit.w.contains_key(*id) && !in_hands.contains(id))
+        .filter(|m| !audit.w.contains_key(*m) && !in_hands.contains(m))
         .collect();
     eprintln!(
         "consumer kill: {} messages in {elapsed:.1?}, {} in the killed consumer's hands, lost {}, W twice {}, \
@@ -820,10 +801,10 @@ fn a_consumer_sigkilled_mid_run_loses_nothing_and_reruns_only_what_it_held() {
         rerun_outside.len()
     );
     assert!(report.published > 5_000, "the publisher fell far behind");
-    assert_eq!(report.lost, Vec::<(u16, String)>::new(), "lost messages");
+    assert_eq!(report.lost, Vec::<Msg>::new(), "lost messages");
     assert_eq!(
         report.twice_w,
-        Vec::<String>::new(),
+        Vec::<Msg>::new(),
         "messages whose result was recorded twice"
     );
     assert!(
