@@ -213,6 +213,16 @@ impl std::fmt::Display for DeliveryBenchReport {
     }
 }
 
+/// A connection that waits for slow replies (the default gives up after 500 ms, which a saturated Redis
+/// exceeds).
+async fn conn_of(client: &redis::Client) -> Result<redis::aio::MultiplexedConnection, BenchError> {
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+        .map_err(setup)
+}
+
 fn setup(e: impl std::fmt::Display) -> BenchError {
     BenchError::Setup(e.to_string())
 }
@@ -378,14 +388,8 @@ async fn publish(
     let client = redis::Client::open(url.as_str()).map_err(setup)?;
     // Two connections so one round trip overlaps the next batch.
     let conns = [
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(setup)?,
-        client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(setup)?,
+        conn_of(&client).await?,
+        conn_of(&client).await?,
     ];
     let start = Instant::now();
     let mut sent: u64 = 0;
@@ -568,10 +572,7 @@ pub async fn run(
         scenario: String::new(),
     };
     let client = redis::Client::open(o.redis_url.as_str()).map_err(setup)?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(setup)?;
+    let mut conn = conn_of(&client).await?;
     let mut report = DeliveryBenchReport {
         redis_persistence: redis_persistence(&o.redis_url).await,
         partitions: o.partitions,

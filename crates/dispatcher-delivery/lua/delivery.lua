@@ -66,12 +66,31 @@ redis.register_function('dd_read', function(keys, args)
 end)
 
 -- FCALL dd_reclaim 2 <lease> <stream> <token> <group> <consumer> <start> <count>
--- Takes over what earlier epochs left pending (min idle 0: a new epoch owns all of it).
--- Returns {next start, entries, deleted ids} as XAUTOCLAIM does.
+-- Takes over up to <count> entries that earlier epochs left pending, from <start> ("-" first, then the
+-- returned cursor), keeping each one's delivery count: a takeover is not a delivery. Entries deleted
+-- from the stream meanwhile are acknowledged (there is nothing left to deliver).
+-- Returns {cursor ("" when done), entries as XRANGE gives them, delivery count of each entry}.
 redis.register_function('dd_reclaim', function(keys, args)
   local err = fence(keys[1], args[1])
   if err then return err end
-  return redis.call('XAUTOCLAIM', keys[2], args[2], args[3], 0, args[4], 'COUNT', args[5])
+  local count = tonumber(args[5])
+  local rows = redis.call('XPENDING', keys[2], args[2], args[4], '+', count)
+  local entries, counts = {}, {}
+  local last = nil
+  for _, row in ipairs(rows) do
+    local id = row[1]
+    last = id
+    local e = redis.call('XCLAIM', keys[2], args[2], args[3], 0, id, 'RETRYCOUNT', row[4])
+    if #e > 0 and e[1] then
+      entries[#entries + 1] = e[1]
+      counts[#counts + 1] = row[4]
+    else
+      redis.call('XACK', keys[2], args[2], id)
+    end
+  end
+  local cursor = ''
+  if last and #rows >= count then cursor = '(' .. last end
+  return { cursor, entries, counts }
 end)
 
 -- FCALL dd_ack 2 <lease> <stream> <token> <group> <id...>: acknowledges; returns how many were pending.

@@ -162,12 +162,7 @@ pub async fn serve<H: Handler>(
     Ok(())
 }
 
-fn refuse(code: u16, why: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let _ = frame::encode(&Frame::Error { code, message: why }, &mut out);
-    let _ = frame::encode(&Frame::Close { code, reason: why }, &mut out);
-    out
-}
+use crate::link::refusal as refuse;
 
 async fn connection<H: Handler>(
     sock: TcpStream,
@@ -239,9 +234,9 @@ async fn connection<H: Handler>(
         .map_err(|_| DeliveryError::protocol("no auth within 5 s"))??;
     let mut verified = false;
     for f in frame::frames(&second, max) {
-        match f {
-            Ok(Frame::Auth { proof }) => {
-                verified = handshake::verify(
+        let refusal = match f {
+            Ok(Frame::Auth { proof }) if !verified => {
+                if handshake::verify(
                     &ctx.opts.secret,
                     Role::Dispatcher,
                     &nonce_d,
@@ -249,27 +244,40 @@ async fn connection<H: Handler>(
                     &dispatcher_id,
                     &ctx.opts.consumer_id,
                     &proof,
-                );
+                ) {
+                    verified = true;
+                    continue;
+                }
+                metrics::counter!(telemetry::HANDSHAKES_REFUSED).increment(1);
+                (
+                    frame::ERR_AUTH_FAILED,
+                    format!("dispatcher {dispatcher_id:?} failed the hello: wrong proof"),
+                )
             }
             Ok(Frame::Error { code, message }) => {
                 return Err(DeliveryError::protocol(format!(
                     "dispatcher refused us: {code}: {message}"
                 )));
             }
-            _ => {}
-        }
+            Ok(other) => (
+                frame::ERR_PROTOCOL_VIOLATION,
+                format!("{:?} in place of auth or before credit", other.command()),
+            ),
+            Err(e) => (e.code(), format!("bad auth frame: {e}")),
+        };
+        let (code, why) = refusal;
+        let _ = ws.send(WsMessage::Binary(refuse(code, &why).into())).await;
+        let _ = ws.close(None).await;
+        return Err(DeliveryError::protocol(why));
     }
     if !verified {
-        metrics::counter!(telemetry::HANDSHAKES_REFUSED).increment(1);
+        let why = "no auth in the dispatcher's second message";
         let _ = ws
             .send(WsMessage::Binary(
-                refuse(frame::ERR_AUTH_FAILED, "auth failed").into(),
+                refuse(frame::ERR_PROTOCOL_VIOLATION, why).into(),
             ))
             .await;
-        let _ = ws.close(None).await;
-        return Err(DeliveryError::protocol(format!(
-            "dispatcher {dispatcher_id:?} failed the hello: wrong proof"
-        )));
+        return Err(DeliveryError::protocol(why));
     }
     tracing::info!(dispatcher = %dispatcher_id, "dispatcher authenticated");
 
@@ -281,9 +289,18 @@ async fn connection<H: Handler>(
     let mut outstanding: u64 = 0;
     let window = u64::from(ctx.opts.window);
     let mut batches = JoinSet::new();
+    // Liveness: the dispatcher pings every 5 s; silence for 15 s means it is gone.
+    let mut last_heard = tokio::time::Instant::now();
+    let mut liveness = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
+            _ = liveness.tick() => {
+                if last_heard.elapsed() > Duration::from_secs(15) {
+                    break Err(DeliveryError::protocol("dispatcher silent for 15 s"));
+                }
+            }
             msg = stream.next() => {
+                last_heard = tokio::time::Instant::now();
                 let Some(msg) = msg else { break Ok(()) };
                 let data = match msg {
                     Ok(WsMessage::Binary(b)) => b,
@@ -376,11 +393,20 @@ async fn process<H: Handler>(
     let mut delay = Duration::from_millis(20);
     while !waiting.is_empty() {
         // Messages already running here (a redelivery racing its first run) wait for it.
-        let (local, todo): (Vec<Message>, Vec<Message>) = {
-            let running = ctx.running.lock().map(|r| r.clone()).unwrap_or_default();
-            waiting
+        // Check and mark in one step: a second delivery arriving while the first is being claimed
+        // or run here waits for it instead of running it again.
+        let (local, todo): (Vec<Message>, Vec<Message>) = match ctx.running.lock() {
+            Ok(mut running) => waiting
                 .into_iter()
-                .partition(|m| running.contains(&(m.partition, m.id)))
+                .partition(|m| !running.insert((m.partition, m.id))),
+            Err(_) => (waiting, Vec::new()),
+        };
+        let unmark = |ms: &[Message]| {
+            if let Ok(mut r) = ctx.running.lock() {
+                for m in ms {
+                    r.remove(&(m.partition, m.id));
+                }
+            }
         };
         let ids: Vec<(u16, MessageId)> = todo.iter().map(|m| (m.partition, m.id)).collect();
         let states = match ctx
@@ -396,6 +422,7 @@ async fn process<H: Handler>(
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "claim failed; retrying");
+                unmark(&todo);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(1));
                 let mut all = todo;
@@ -407,10 +434,12 @@ async fn process<H: Handler>(
         let mut run = Vec::new();
         let mut already = Vec::new();
         let mut later = local;
+        let mut not_run = Vec::new();
         for (m, s) in todo.into_iter().zip(states) {
             match s {
                 ClaimState::Run => run.push(m),
                 ClaimState::Done => {
+                    not_run.push(m.clone());
                     metrics::counter!(telemetry::ALREADY_DONE).increment(1);
                     already.push((m.partition, m.id, false));
                     let _ = frame::encode(
@@ -422,16 +451,17 @@ async fn process<H: Handler>(
                         &mut reply,
                     );
                 }
-                ClaimState::Busy => later.push(m),
+                ClaimState::Busy => {
+                    not_run.push(m.clone());
+                    later.push(m);
+                }
             }
         }
+        unmark(&not_run);
         if !already.is_empty() {
             ctx.handler.recorded(&already);
         }
         if !run.is_empty() {
-            if let Ok(mut r) = ctx.running.lock() {
-                r.extend(run.iter().map(|m| (m.partition, m.id)));
-            }
             run_handlers(&ctx, run, &mut reply).await;
         }
         if !reply.is_empty() {

@@ -595,27 +595,24 @@ impl PartitionState {
             .sum()
     }
 
-    /// Takes over everything earlier epochs left pending: it is delivered again first.
+    /// Takes over everything earlier epochs left pending: it is delivered again first, as the next
+    /// attempt after the deliveries Redis counted.
     async fn reclaim(&mut self) -> Result<()> {
         let store = self.shared.store.clone();
-        let mut start = "0-0".to_owned();
+        let mut start = "-".to_owned();
         let mut reclaimed = 0usize;
         loop {
-            let (next, entries, _deleted) = store
+            let (next, entries) = store
                 .reclaim(self.p, &self.token, &self.shared.opts.node_id, &start, 512)
                 .await?;
-            if !entries.is_empty() {
-                let ids: Vec<MessageId> = entries.iter().map(|e| e.id).collect();
-                let counts = self.pending_counts(&ids).await?;
-                for (e, count) in entries.into_iter().zip(counts) {
-                    reclaimed += 1;
-                    self.enqueue(e, count.max(1), None);
-                }
+            for (e, count) in entries {
+                reclaimed += 1;
+                self.enqueue(e, count.saturating_add(1), None);
             }
-            if next == "0-0" {
-                break;
+            match next {
+                Some(n) => start = n,
+                None => break,
             }
-            start = next;
         }
         if reclaimed > 0 {
             tracing::info!(
@@ -626,38 +623,6 @@ impl PartitionState {
             );
         }
         Ok(())
-    }
-
-    /// Delivery counts (after the reclaim) of `ids`, from one XPENDING range per call.
-    async fn pending_counts(&self, ids: &[MessageId]) -> Result<Vec<u16>> {
-        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
-            return Ok(Vec::new());
-        };
-        let mut conn = self.shared.store.connection();
-        let v: redis::Value = redis::cmd("XPENDING")
-            .arg(self.shared.store.keys().stream_key(self.p))
-            .arg(self.shared.store.group())
-            .arg(first.to_string())
-            .arg(last.to_string())
-            .arg(ids.len() * 2 + 16)
-            .query_async(&mut conn)
-            .await?;
-        let mut counts: HashMap<MessageId, u16> = HashMap::new();
-        if let redis::Value::Array(rows) = v {
-            for row in rows {
-                if let redis::Value::Array(r) = row
-                    && r.len() >= 4
-                    && let (redis::Value::BulkString(id), redis::Value::Int(n)) = (&r[0], &r[3])
-                    && let Ok(id) = std::str::from_utf8(id).unwrap_or("").parse::<MessageId>()
-                {
-                    counts.insert(id, u16::try_from(*n).unwrap_or(u16::MAX));
-                }
-            }
-        }
-        Ok(ids
-            .iter()
-            .map(|id| counts.get(id).copied().unwrap_or(1))
-            .collect())
     }
 
     fn enqueue(&mut self, e: Entry, attempt: u16, avoid: Option<usize>) {
@@ -883,6 +848,10 @@ impl PartitionState {
             if links[i].send(generation, std::mem::take(&mut buf)) {
                 let count = sent.len() as u64;
                 for r in sent {
+                    if r.attempt > 1 {
+                        // Redis counts this delivery too (written with the next flush).
+                        self.retries.push((r.id, r.attempt));
+                    }
                     self.in_flight.insert(
                         r.id,
                         InFlight {

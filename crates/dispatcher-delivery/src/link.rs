@@ -218,7 +218,16 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
     let mut consumer_id = String::new();
     let mut proof_c = None;
     for f in frame::frames(&reply, ctx.max_payload) {
-        match f.map_err(|e| DeliveryError::protocol(format!("consumer hello: {e}")))? {
+        let f = match f {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = ws
+                    .send(WsMessage::Binary(refusal(e.code(), &e.to_string()).into()))
+                    .await;
+                return Err(DeliveryError::protocol(format!("consumer hello: {e}")));
+            }
+        };
+        match f {
             Frame::Hello { nonce, peer_id } => {
                 nonce_c = Some(nonce);
                 consumer_id = peer_id.to_owned();
@@ -230,10 +239,13 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
                 )));
             }
             other => {
-                return Err(DeliveryError::protocol(format!(
-                    "unexpected {:?} during hello",
-                    other.command()
-                )));
+                let why = format!("unexpected {:?} during hello", other.command());
+                let _ = ws
+                    .send(WsMessage::Binary(
+                        refusal(frame::ERR_PROTOCOL_VIOLATION, &why).into(),
+                    ))
+                    .await;
+                return Err(DeliveryError::protocol(why));
             }
         }
     }
@@ -312,13 +324,24 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
                 let data = match msg? {
                     WsMessage::Binary(b) => b,
                     WsMessage::Close(_) => return Ok(()),
-                    WsMessage::Text(_) => return Err(DeliveryError::protocol("text message on a binary protocol")),
+                    WsMessage::Text(_) => {
+                        let why = "text message on a binary protocol";
+                        let _ = sink.send(WsMessage::Binary(refusal(frame::ERR_BAD_FRAME, why).into())).await;
+                        return Err(DeliveryError::protocol(why));
+                    }
                     _ => continue,
                 };
                 last_heard = tokio::time::Instant::now();
                 let mut pong = None;
                 for f in frame::frames(&data, ctx.max_payload) {
-                    match f.map_err(|e| DeliveryError::protocol(format!("from consumer: {e}")))? {
+                    let f = match f {
+                        Ok(f) => f,
+                        Err(e) => {
+                            let _ = sink.send(WsMessage::Binary(refusal(e.code(), &e.to_string()).into())).await;
+                            return Err(DeliveryError::protocol(format!("from consumer: {e}")));
+                        }
+                    };
+                    match f {
                         Frame::Ack { partition, epoch, id } => acks.entry((partition, epoch)).or_default().push(id),
                         Frame::Nack { partition, epoch, id, reject, reason } => {
                             route(&ctx.routes, partition, PartitionEvent::Nacked { epoch, id, reject, reason: reason.to_owned() });
@@ -334,7 +357,9 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
                             return Err(DeliveryError::protocol(format!("consumer error {code}: {message}")));
                         }
                         other => {
-                            return Err(DeliveryError::protocol(format!("unexpected {:?} from a consumer", other.command())));
+                            let why = format!("unexpected {:?} from a consumer", other.command());
+                            let _ = sink.send(WsMessage::Binary(refusal(frame::ERR_PROTOCOL_VIOLATION, &why).into())).await;
+                            return Err(DeliveryError::protocol(why));
                         }
                     }
                 }
@@ -368,6 +393,14 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
             }
         }
     }
+}
+
+/// An `Error` frame and the `Close` that follows it (docs/protocol.md: after an error, close and hang up).
+pub(crate) fn refusal(code: u16, why: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = frame::encode(&Frame::Error { code, message: why }, &mut out);
+    let _ = frame::encode(&Frame::Close { code, reason: why }, &mut out);
+    out
 }
 
 fn route(routes: &Routes, partition: u16, event: PartitionEvent) {

@@ -228,9 +228,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Takes over up to `count` entries left pending by earlier epochs, from `start` (`"0-0"` first).
-    /// Returns the next start (`"0-0"` when done), the entries with their delivery counts still to be
-    /// read by the caller, and the ids that were deleted from the stream meanwhile.
+    /// Takes over up to `count` entries left pending by earlier epochs, from `start` (`"-"` first, then
+    /// the returned cursor; `None` when done), keeping their delivery counts, which come back beside them.
     pub async fn reclaim(
         &self,
         p: u16,
@@ -238,7 +237,7 @@ impl Store {
         consumer: &str,
         start: &str,
         count: usize,
-    ) -> Result<(String, Vec<Entry>, Vec<MessageId>)> {
+    ) -> Result<(Option<String>, Vec<(Entry, u16)>)> {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("dd_reclaim")
             .arg(2)
@@ -248,55 +247,35 @@ impl Store {
             .arg(&self.group)
             .arg(consumer)
             .arg(start)
-            .arg(count);
+            .arg(count.max(1));
         let reply: Value = self.call(&cmd).await?;
         let Value::Array(mut parts) = reply else {
             return Err(DeliveryError::protocol("dd_reclaim: not an array"));
         };
-        if parts.len() < 2 {
-            return Err(DeliveryError::protocol("dd_reclaim: short reply"));
+        if parts.len() != 3 {
+            return Err(DeliveryError::protocol(
+                "dd_reclaim: reply is not [cursor, entries, counts]",
+            ));
         }
-        let deleted = if parts.len() >= 3 {
-            match parts.swap_remove(2) {
-                Value::Array(ids) => ids.iter().filter_map(|v| text(v)?.parse().ok()).collect(),
-                _ => Vec::new(),
-            }
-        } else {
-            Vec::new()
+        let counts: Vec<u16> = match parts.pop() {
+            Some(Value::Array(c)) => c
+                .iter()
+                .map(|v| match v {
+                    Value::Int(n) => u16::try_from(*n).unwrap_or(u16::MAX),
+                    _ => 1,
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         let mut entries = Vec::new();
-        parse_entries(parts.swap_remove(1), &mut entries)?;
-        let next = text(&parts[0]).unwrap_or_else(|| "0-0".to_owned());
-        Ok((next, entries, deleted))
-    }
-
-    /// Delivery counts of `ids` in partition `p`'s pending list (0 when not pending).
-    pub async fn delivery_counts(&self, p: u16, ids: &[MessageId]) -> Result<Vec<u16>> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut conn = self.conn.clone();
-        for id in ids {
-            let s = id.to_string();
-            let v: Value = redis::cmd("XPENDING")
-                .arg(self.keys.stream_key(p))
-                .arg(&self.group)
-                .arg(&s)
-                .arg(&s)
-                .arg(1)
-                .query_async(&mut conn)
-                .await?;
-            let n = match v {
-                Value::Array(rows) => match rows.first() {
-                    Some(Value::Array(row)) if row.len() >= 4 => match row[3] {
-                        Value::Int(n) => u16::try_from(n).unwrap_or(u16::MAX),
-                        _ => 0,
-                    },
-                    _ => 0,
-                },
-                _ => 0,
-            };
-            out.push(n);
+        parse_entries(parts.pop().unwrap_or(Value::Nil), &mut entries)?;
+        if entries.len() != counts.len() {
+            return Err(DeliveryError::protocol(
+                "dd_reclaim: entries and counts differ in length",
+            ));
         }
-        Ok(out)
+        let cursor = parts.first().and_then(text).filter(|c| !c.is_empty());
+        Ok((cursor, entries.into_iter().zip(counts).collect()))
     }
 
     /// Acknowledges `ids` (fenced); returns how many were pending.

@@ -525,9 +525,6 @@ fn rand_proof() -> [u8; 32] {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: consumer.rs ignores every frame but Auth/Error in the auth message (`_ => {}` in the \
-            loop over `second`), so a bad frame there is answered with ERR_AUTH_FAILED (4) instead of \
-            its own code (1), and a Deliver before auth is not refused as a protocol violation (5)"]
 async fn a_consumer_answers_a_bad_frame_in_place_of_auth_with_its_code() {
     let s = Setup::new(1).await;
     let id = s.publish(0, "x").await;
@@ -939,9 +936,6 @@ async fn a_leader_proves_itself_to_a_raw_consumer_and_delivers_within_credit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: link.rs never sends Error + Close for a bad frame from a consumer: frames that do not \
-            decode or come at the wrong time (during the hello: the `other =>` arm; after it: the \
-            `f.map_err(..)?` and `other =>` arms of the read loop) end the link silently"]
 async fn a_leader_answers_a_bad_frame_from_a_consumer_with_an_error_and_hangs_up() {
     let s = Setup::new(1).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1000,9 +994,6 @@ async fn a_leader_answers_a_bad_frame_from_a_consumer_with_an_error_and_hangs_up
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: consumer.rs process() checks the `running` set before `claim().await` and adds to it \
-            only after; dd_claim gives a claim held by the same owner back as Run (0), so a second \
-            delivery arriving during the first one's claim round trip runs the handler again"]
 async fn a_second_delivery_of_a_message_arriving_while_the_first_is_being_claimed_does_not_run_it_again()
  {
     let s = Setup::new(1).await;

@@ -266,7 +266,7 @@ fn expect_fenced<T: std::fmt::Debug>(what: &str, token: &str, r: dispatcher_deli
 /// Tries every fenced call with `token`; each must be refused.
 async fn all_fenced(st: &Store, p: u16, token: &str, ids: &[MessageId]) {
     expect_fenced("read", token, st.read(p, token, "a", 10).await);
-    expect_fenced("reclaim", token, st.reclaim(p, token, "a", "0-0", 10).await);
+    expect_fenced("reclaim", token, st.reclaim(p, token, "a", "-", 10).await);
     expect_fenced("ack", token, st.ack(p, token, ids).await);
     let retries: Vec<(MessageId, u16)> = ids.iter().map(|id| (*id, 9)).collect();
     expect_fenced("retry", token, st.retry(p, token, "a", &retries).await);
@@ -322,8 +322,8 @@ async fn every_fenced_call_with_a_stale_token_is_refused_and_changes_nothing() {
     );
 
     // The live token works (so the calls above were refused for their token, not their arguments).
-    let (_, reclaimed, _) = st
-        .reclaim(p, "b|2", "b", "0-0", 10)
+    let (_, reclaimed) = st
+        .reclaim(p, "b|2", "b", "-", 10)
         .await
         .expect("reclaim with the live token");
     assert_eq!(reclaimed.len(), 4, "B takes over A's pending entries");
