@@ -144,67 +144,68 @@ redis.register_function('dd_dead', function(keys, args)
   return n
 end)
 
--- FCALL dd_claim <n> <bucket key per id...> <owner> <ttl_ms> <retention_s> <id...>
+-- FCALL dd_claim 1 <result hash> <owner> <ttl_ms> <retention_s> <id...>
 -- Before a consumer runs its handler: per id, 0 = claimed for <owner> (run it), 1 = done already (just
--- acknowledge), 2 = claimed by another live consumer (wait).
+-- acknowledge), 2 = claimed by another live consumer (wait). One HSETNX per id on the common path.
 redis.register_function('dd_claim', function(keys, args)
+  local key = keys[1]
   local owner = args[1]
-  local ttl = tonumber(args[2])
   local now = now_ms()
-  local claim = 'c|' .. owner .. '|' .. (now + ttl)
+  local claim = 'c|' .. owner .. '|' .. (now + tonumber(args[2]))
   local out = {}
-  for i = 1, #keys do
-    local id = args[i + 3]
-    local cur = redis.call('HGET', keys[i], id)
+  for i = 4, #args do
+    local id = args[i]
     local state = 0
-    if cur then
-      local kind = string.sub(cur, 1, 1)
-      if kind == 'd' then
+    if redis.call('HSETNX', key, id, claim) == 0 then
+      local cur = redis.call('HGET', key, id)
+      if string.byte(cur, 1) == 100 then -- 'd': done
         state = 1
       else
         local sep = string.find(cur, '|', 3, true)
         local held_by = string.sub(cur, 3, sep - 1)
         local expiry = tonumber(string.sub(cur, sep + 1))
-        if held_by ~= owner and expiry > now then state = 2 end
+        if held_by ~= owner and expiry > now then
+          state = 2
+        else
+          redis.call('HSET', key, id, claim)
+        end
       end
     end
-    if state == 0 then
-      redis.call('HSET', keys[i], id, claim)
-      redis.call('EXPIRE', keys[i], args[3], 'NX')
-    end
-    out[i] = state
+    out[#out + 1] = state
   end
+  redis.call('EXPIRE', key, args[3], 'NX')
   return out
 end)
 
--- FCALL dd_complete <n> <bucket key per id...> <retention_s> [<id> <result>]...
+-- FCALL dd_complete 1 <result hash> <retention_s> [<id> <result>]...
 -- Records each result and the message's completion in one step: 1 = recorded, 0 = it was done already
 -- (the earlier result stands).
 redis.register_function('dd_complete', function(keys, args)
-  local retention = args[1]
+  local key = keys[1]
   local out = {}
-  for i = 1, #keys do
-    local id = args[2 * i]
-    local cur = redis.call('HGET', keys[i], id)
-    if cur and string.sub(cur, 1, 1) == 'd' then
-      out[i] = 0
+  for i = 2, #args, 2 do
+    local id = args[i]
+    local cur = redis.call('HGET', key, id)
+    if cur and string.byte(cur, 1) == 100 then
+      out[#out + 1] = 0
     else
-      redis.call('HSET', keys[i], id, 'd|' .. args[2 * i + 1])
-      redis.call('EXPIRE', keys[i], retention, 'NX')
-      out[i] = 1
+      redis.call('HSET', key, id, 'd|' .. args[i + 1])
+      out[#out + 1] = 1
     end
   end
+  redis.call('EXPIRE', key, args[1], 'NX')
   return out
 end)
 
--- FCALL dd_unclaim <n> <bucket key per id...> <owner> <id...>: drops our claims (handler asked to retry).
+-- FCALL dd_unclaim 1 <result hash> <owner> <id...>: drops our claims (the handler asked to retry).
 redis.register_function('dd_unclaim', function(keys, args)
+  local key = keys[1]
+  local mine = 'c|' .. args[1] .. '|'
   local n = 0
-  for i = 1, #keys do
-    local cur = redis.call('HGET', keys[i], args[i + 1])
-    local mine = 'c|' .. args[1] .. '|'
+  for i = 2, #args do
+    local cur = redis.call('HGET', key, args[i])
     if cur and string.sub(cur, 1, #mine) == mine then
-      redis.call('HDEL', keys[i], args[i + 1])
+      redis.call('HDEL', key, args[i])
       n = n + 1
     end
   end

@@ -350,7 +350,8 @@ impl Store {
         self.call(&cmd).await
     }
 
-    /// Claims messages before a handler runs them (consumer side).
+    /// Claims messages before a handler runs them (consumer side). One call per result hash (so each
+    /// call stays in one hash slot), all sent at once; states come back in the order of `ids`.
     pub async fn claim(
         &self,
         owner: &str,
@@ -358,67 +359,100 @@ impl Store {
         retention_s: u64,
         ids: &[(u16, MessageId)],
     ) -> Result<Vec<ClaimState>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let groups = self.by_result_key(ids.iter().map(|(p, id)| (*p, *id)));
+        let calls = groups.iter().map(|(key, idx)| {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("dd_claim")
+                .arg(1)
+                .arg(key)
+                .arg(owner)
+                .arg(ttl_ms)
+                .arg(retention_s);
+            for &i in idx {
+                cmd.arg(ids[i].1.to_string());
+            }
+            async move { self.call::<Vec<i64>>(&cmd).await }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut out = vec![ClaimState::Busy; ids.len()];
+        for ((_, idx), reply) in groups.iter().zip(replies) {
+            let states = reply?;
+            if states.len() != idx.len() {
+                return Err(DeliveryError::protocol(
+                    "dd_claim: one state per id expected",
+                ));
+            }
+            for (&i, s) in idx.iter().zip(states) {
+                out[i] = match s {
+                    0 => ClaimState::Run,
+                    1 => ClaimState::Done,
+                    _ => ClaimState::Busy,
+                };
+            }
         }
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("dd_claim").arg(ids.len());
-        for (p, id) in ids {
-            cmd.arg(self.keys.result_key(*p, *id));
-        }
-        cmd.arg(owner).arg(ttl_ms).arg(retention_s);
-        for (_, id) in ids {
-            cmd.arg(id.to_string());
-        }
-        let states: Vec<i64> = self.call(&cmd).await?;
-        Ok(states
-            .into_iter()
-            .map(|s| match s {
-                0 => ClaimState::Run,
-                1 => ClaimState::Done,
-                _ => ClaimState::Busy,
-            })
-            .collect())
+        Ok(out)
     }
 
-    /// Records results and completion in one step; per message, `true` when this call recorded it and
-    /// `false` when it was done already.
+    /// Records results and completion in one step per result hash; per message, `true` when this call
+    /// recorded it and `false` when it was done already.
     pub async fn complete(
         &self,
         retention_s: u64,
         results: &[(u16, MessageId, &[u8])],
     ) -> Result<Vec<bool>> {
-        if results.is_empty() {
-            return Ok(Vec::new());
+        let groups = self.by_result_key(results.iter().map(|(p, id, _)| (*p, *id)));
+        let calls = groups.iter().map(|(key, idx)| {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("dd_complete").arg(1).arg(key).arg(retention_s);
+            for &i in idx {
+                cmd.arg(results[i].1.to_string()).arg(results[i].2);
+            }
+            async move { self.call::<Vec<i64>>(&cmd).await }
+        });
+        let replies = futures_util::future::join_all(calls).await;
+        let mut out = vec![false; results.len()];
+        for ((_, idx), reply) in groups.iter().zip(replies) {
+            let states = reply?;
+            if states.len() != idx.len() {
+                return Err(DeliveryError::protocol(
+                    "dd_complete: one state per result expected",
+                ));
+            }
+            for (&i, s) in idx.iter().zip(states) {
+                out[i] = s == 1;
+            }
         }
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("dd_complete").arg(results.len());
-        for (p, id, _) in results {
-            cmd.arg(self.keys.result_key(*p, *id));
-        }
-        cmd.arg(retention_s);
-        for (_, id, r) in results {
-            cmd.arg(id.to_string()).arg(*r);
-        }
-        let states: Vec<i64> = self.call(&cmd).await?;
-        Ok(states.into_iter().map(|s| s == 1).collect())
+        Ok(out)
     }
 
     /// Drops our claims on messages whose handler asked for a retry.
     pub async fn unclaim(&self, owner: &str, ids: &[(u16, MessageId)]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
+        let mut n = 0;
+        for (key, idx) in self.by_result_key(ids.iter().copied()) {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg("dd_unclaim").arg(1).arg(key).arg(owner);
+            for i in idx {
+                cmd.arg(ids[i].1.to_string());
+            }
+            n += self.call::<u64>(&cmd).await?;
         }
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("dd_unclaim").arg(ids.len());
-        for (p, id) in ids {
-            cmd.arg(self.keys.result_key(*p, *id));
+        Ok(n)
+    }
+
+    /// Groups message positions by the result hash that holds them, in first-seen order.
+    fn by_result_key(
+        &self,
+        ids: impl Iterator<Item = (u16, MessageId)>,
+    ) -> Vec<(String, Vec<usize>)> {
+        let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, (p, id)) in ids.enumerate() {
+            let key = self.keys.result_key(p, id);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(i),
+                None => groups.push((key, vec![i])),
+            }
         }
-        cmd.arg(owner);
-        for (_, id) in ids {
-            cmd.arg(id.to_string());
-        }
-        self.call(&cmd).await
+        groups
     }
 
     /// The recorded result of a message, if any.
