@@ -2,6 +2,52 @@
 //! take deliveries within the credit we grant, and for each message claim it, run the handler, record its
 //! result and completion in one atomic step in Redis, then acknowledge. A message delivered again (after
 //! a leader failover, a lost ack) is found done and acknowledged without running the handler again.
+//!
+//! A service implements [`Handler`] and calls [`serve`] with the same stream, partition count, key
+//! prefix and shared secret as its dispatchers (`docs/delivery.md`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use dispatcher_delivery::consumer::{self, ConsumerOptions, Handler, Message, Outcome};
+//! use dispatcher_delivery::keys::Partitioning;
+//! use dispatcher_delivery::store::{self, Store};
+//!
+//! /// Charges an order; the charge id is the result recorded with the message's completion.
+//! struct Billing;
+//!
+//! impl Handler for Billing {
+//!     async fn handle(&self, msg: Message) -> Outcome {
+//!         let Ok(order) = std::str::from_utf8(&msg.body) else {
+//!             // Can never succeed: straight to the dead letters, with this reason.
+//!             return Outcome::Reject("the body is not UTF-8".into());
+//!         };
+//!         if order.is_empty() {
+//!             // Failed for now: delivered again (to another consumer if there is one).
+//!             return Outcome::Retry("empty order".into());
+//!         }
+//!         Outcome::Done(format!("charge for {order} at attempt {}", msg.attempt).into_bytes())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> dispatcher_delivery::Result<()> {
+//!     // As the dispatchers have it: DISPATCHER_DELIVERY_STREAM, _PARTITIONS, DISPATCHER_KEY_PREFIX + ":".
+//!     let keys = Partitioning::new("dsp:jobs", 12, "dsp:")?;
+//!     let store = Store::new(store::connect("redis://127.0.0.1:6379").await?, keys, "dispatcher").await?;
+//!     let secret = std::env::var("DISPATCHER_SHARED_SECRET").unwrap_or_default().into_bytes();
+//!     let mut opts = ConsumerOptions::new("billing-1", secret);
+//!     opts.window = 256; // deliveries outstanding per dispatcher link
+//!     let listener = tokio::net::TcpListener::bind("0.0.0.0:7070").await?;
+//!     let (stop, shutdown) = tokio::sync::watch::channel(false);
+//!     tokio::spawn(async move {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!         // Handlers already running finish and record their results; then the links close.
+//!         let _ = stop.send(true);
+//!     });
+//!     consumer::serve(listener, store, opts, Arc::new(Billing), shutdown).await
+//! }
+//! ```
 
 use std::collections::HashSet;
 use std::future::Future;
