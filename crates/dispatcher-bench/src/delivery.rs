@@ -50,6 +50,9 @@ pub struct DeliveryBenchOptions {
     pub claim_ttl_ms: u64,
     /// How long to wait for the backlog to drain after a scenario.
     pub drain_secs: f64,
+    /// Async worker threads of each dispatcher and consumer process (seven processes share two cores:
+    /// one thread each avoids most cross-thread wake-ups).
+    pub worker_threads: usize,
 }
 
 impl DeliveryBenchOptions {
@@ -74,6 +77,11 @@ impl DeliveryBenchOptions {
             ack_timeout_ms: 10_000,
             claim_ttl_ms: 2_000,
             drain_secs: 90.0,
+            worker_threads: std::env::var("DISPATCHER_BENCH_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n >= 1)
+                .unwrap_or(1),
         }
     }
 
@@ -266,6 +274,7 @@ impl Fleet {
                 self.opts.claim_ttl_ms.to_string(),
             )
             .env("DISPATCHER_LOG", "warn")
+            .env("DISPATCHER_WORKER_THREADS", self.opts.worker_threads.to_string())
             .env("DISPATCHER_HTTP_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null());

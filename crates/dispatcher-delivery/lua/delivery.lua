@@ -1,9 +1,9 @@
 #!lua name=dispatcher_delivery_v1
--- Push delivery's Redis side. redis.rs loads this library (FUNCTION LOAD REPLACE) and calls it with FCALL.
+-- Push delivery's Redis side. store.rs loads this library (FUNCTION LOAD REPLACE) and calls it with FCALL.
 --
 -- Leases: one per partition. KEYS[1] is the lease key, holding "<owner>|<epoch>" with a TTL; KEYS[2] the
 -- partition's epoch counter, only ever INCRemented (the fencing token; it survives a restart with AOF).
--- Every leader-side write below starts with fence(): the lease key must hold exactly the caller's
+-- Every leader-side write below (and the read transaction in store.rs) starts with the fence check: the lease key must hold exactly the caller's
 -- "<owner>|<epoch>" token, so a leader whose lease ran out or was taken over is refused by Redis itself.
 --
 -- Consumer side: per partition and per minute of message ids, one hash maps a message id to its state:
@@ -58,12 +58,8 @@ redis.register_function('dd_release', function(keys, args)
   return 0
 end)
 
--- FCALL dd_read 2 <lease> <stream> <token> <group> <consumer> <count>: new entries for this leader.
-redis.register_function('dd_read', function(keys, args)
-  local err = fence(keys[1], args[1])
-  if err then return err end
-  return redis.call('XREADGROUP', 'GROUP', args[2], args[3], 'COUNT', args[4], 'STREAMS', keys[2], '>')
-end)
+-- (New entries are read by a WATCH/MULTI/EXEC transaction guarded by the same lease check, in
+-- store.rs `Reader`: reading inside a function copies every entry into Lua and back.)
 
 -- FCALL dd_reclaim 2 <lease> <stream> <token> <group> <consumer> <start> <count>
 -- Takes over up to <count> entries that earlier epochs left pending, from <start> ("-" first, then the

@@ -19,7 +19,7 @@ use crate::error::{DeliveryError, Result};
 use crate::lease::{LeaseTiming, usable};
 use crate::link::{self, LinkContext, LinkHandle, PartitionEvent, Routes};
 use crate::stats::Stats;
-use crate::store::{DeadLetter, Entry, Store};
+use crate::store::{DeadLetter, Entry, Reader, Store};
 use crate::telemetry;
 
 /// How a leader runs.
@@ -40,6 +40,9 @@ pub struct LeaderOptions {
     pub max_attempts: u16,
     /// Entries read per call.
     pub read_batch: usize,
+    /// After a read that found only a few entries, wait this long before the next one, so that under
+    /// load each Redis call carries a batch (fewer, larger calls) at the cost of this much latency.
+    pub read_linger: Duration,
     /// Messages in flight per partition at most (bounds memory).
     pub max_in_flight: usize,
     /// Approximate cap of each dead-letter stream (0 = none).
@@ -67,6 +70,7 @@ impl LeaderOptions {
             ack_timeout: Duration::from_secs(30),
             max_attempts: 5,
             read_batch: 256,
+            read_linger: Duration::from_millis(2),
             max_in_flight: 8192,
             dead_maxlen: 1_000_000,
             max_payload: frame::DEFAULT_MAX_PAYLOAD,
@@ -429,6 +433,7 @@ async fn partition(
         rr: usize::from(p),
         first_ack: false,
         last_read_empty: false,
+        next_read: Instant::now(),
         last_id: None,
         local_ack: Stats::local_histogram(),
         local_e2e: Stats::local_histogram(),
@@ -484,6 +489,8 @@ struct PartitionState {
     rr: usize,
     first_ack: bool,
     last_read_empty: bool,
+    /// No read before this (the linger after a small read).
+    next_read: Instant,
     last_id: Option<MessageId>,
     local_ack: Histogram<u64>,
     local_e2e: Histogram<u64>,
@@ -518,6 +525,7 @@ impl PartitionState {
             .client
             .get_multiplexed_async_connection()
             .await?;
+        let mut reader = Reader::open(&self.shared.client, &self.shared.store).await?;
         let mut drain_deadline: Option<Instant> = None;
         let mut next_deadline_scan = Instant::now();
         loop {
@@ -548,7 +556,7 @@ impl PartitionState {
             }
             if !stopping {
                 self.dispatch();
-                if self.read_more().await? {
+                if self.read_more(&mut reader).await? {
                     busy = true;
                     self.dispatch();
                 }
@@ -578,7 +586,13 @@ impl PartitionState {
                         .arg("STREAMS").arg(&stream).arg(&after)
                         .query_async(&mut conn).await;
                 }, if can_read => { self.last_read_empty = false; }
-                _ = tokio::time::sleep(Duration::from_millis(if can_read { 150 } else { 20 })) => {
+                _ = tokio::time::sleep(if can_read {
+                    Duration::from_millis(150)
+                } else {
+                    self.next_read
+                        .saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_micros(200), Duration::from_millis(20))
+                }) => {
                     self.last_read_empty = false;
                 }
                 _ = stop.changed() => {}
@@ -776,6 +790,10 @@ impl PartitionState {
 
     /// Sends ready messages to consumers with credit, several frames per WebSocket message.
     fn dispatch(&mut self) {
+        // The watchdog again: an await just before may have outlasted the lease.
+        if !self.usable() {
+            return;
+        }
         let links = self.shared.links.clone();
         let nlinks = links.len();
         let max_in_flight = self.shared.opts.max_in_flight;
@@ -879,9 +897,12 @@ impl PartitionState {
     }
 
     /// Reads new entries when there is room and credit; true when some came.
-    async fn read_more(&mut self) -> Result<bool> {
+    async fn read_more(&mut self, reader: &mut Reader) -> Result<bool> {
         let opts = &self.shared.opts;
-        if self.ready.len() >= opts.read_batch || self.in_flight.len() >= opts.max_in_flight {
+        if self.ready.len() >= opts.read_batch
+            || self.in_flight.len() >= opts.max_in_flight
+            || Instant::now() < self.next_read
+        {
             return Ok(false);
         }
         let credit = self.credit_available();
@@ -898,12 +919,13 @@ impl PartitionState {
         if count == 0 {
             return Ok(false);
         }
-        let entries = self
-            .shared
-            .store
+        let entries = reader
             .read(self.p, &self.token, &opts.node_id, count)
             .await?;
         self.last_read_empty = entries.is_empty();
+        if !entries.is_empty() && entries.len() < count.min(opts.read_batch / 8).max(1) {
+            self.next_read = Instant::now() + opts.read_linger;
+        }
         if let Some(last) = entries.last() {
             self.last_id = Some(last.id);
         }

@@ -392,7 +392,8 @@ async fn takeovers_without_a_delivery_do_not_use_up_the_attempts() {
         .expect("acquire")
         .expect("free");
     let read = s
-        .store
+        .reader()
+        .await
         .read(0, &format!("ghost|{e}"), "ghost", 10)
         .await
         .expect("read");

@@ -264,8 +264,13 @@ fn expect_fenced<T: std::fmt::Debug>(what: &str, token: &str, r: dispatcher_deli
 }
 
 /// Tries every fenced call with `token`; each must be refused.
-async fn all_fenced(st: &Store, p: u16, token: &str, ids: &[MessageId]) {
-    expect_fenced("read", token, st.read(p, token, "a", 10).await);
+async fn all_fenced(s: &Setup, p: u16, token: &str, ids: &[MessageId]) {
+    let st = &s.store;
+    expect_fenced(
+        "read",
+        token,
+        s.reader().await.read(p, token, "a", 10).await,
+    );
     expect_fenced("reclaim", token, st.reclaim(p, token, "a", "-", 10).await);
     expect_fenced("ack", token, st.ack(p, token, ids).await);
     let retries: Vec<(MessageId, u16)> = ids.iter().map(|id| (*id, 9)).collect();
@@ -293,7 +298,9 @@ async fn every_fenced_call_with_a_stale_token_is_refused_and_changes_nothing() {
         ids.push(s.publish(p, &format!("m{i}")).await);
     }
     // A reads four entries: they are pending under consumer "a".
-    let got = st
+    let got = s
+        .reader()
+        .await
         .read(p, "a|1", "a", 4)
         .await
         .expect("read with the live token");
@@ -310,10 +317,10 @@ async fn every_fenced_call_with_a_stale_token_is_refused_and_changes_nothing() {
     assert!(before.contains("dead 0"), "{before}");
 
     // A wakes up: every write it tries is refused by Redis, and nothing changes.
-    all_fenced(st, p, "a|1", &ids[..4]).await;
+    all_fenced(&s, p, "a|1", &ids[..4]).await;
     // Neither an earlier epoch of the holder's name, a future one, nor a bare owner passes.
     for token in ["b|1", "b|3", "b", "", "b|2 ", "a|2"] {
-        all_fenced(st, p, token, &ids[..4]).await;
+        all_fenced(&s, p, token, &ids[..4]).await;
     }
     assert_eq!(
         snapshot(&s, p).await,
@@ -355,10 +362,10 @@ async fn every_fenced_call_with_a_stale_token_is_refused_and_changes_nothing() {
     assert!(st.release(p, "b|2").await.expect("release"));
     assert_eq!(st.acquire(p, "b", LONG).await.expect("acquire"), Some(3));
     let before = snapshot(&s, p).await;
-    all_fenced(st, p, "b|2", &ids[2..4]).await;
+    all_fenced(&s, p, "b|2", &ids[2..4]).await;
     // With nobody holding the lease at all, every token is stale.
     expire_now(&s, p).await;
-    all_fenced(st, p, "b|3", &ids[2..4]).await;
+    all_fenced(&s, p, "b|3", &ids[2..4]).await;
     assert_eq!(snapshot(&s, p).await, before);
 }
 

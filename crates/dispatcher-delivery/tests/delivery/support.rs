@@ -56,6 +56,14 @@ impl Setup {
     }
 
     /// A setup on an already running server.
+    /// A fenced reader of new entries on its own connection (as a leader's partition task has).
+    pub async fn reader(&self) -> dispatcher_delivery::store::Reader {
+        let client = redis::Client::open(self.redis.url()).expect("client");
+        dispatcher_delivery::store::Reader::open(&client, &self.store)
+            .await
+            .expect("open a reader")
+    }
+
     pub async fn on(redis: testkit::RedisServer, partitions: u16) -> Self {
         let prefix = unique("t");
         let keys = Partitioning::new(format!("{prefix}:jobs"), partitions, format!("{prefix}:"))
