@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use dispatcher_delivery::DeliveryError;
-use dispatcher_delivery::store::{DeadLetter, Store};
+use dispatcher_delivery::store::DeadLetter;
 use dispatcher_wire::frame::MessageId;
 use proptest::prelude::*;
 use testkit::{RedisOptions, RedisServer};
