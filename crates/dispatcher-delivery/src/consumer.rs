@@ -561,18 +561,27 @@ async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &
             _ => None,
         })
         .collect();
+    // The handlers ran; their results must be recorded before we say anything. Retry what failed
+    // (only that: the rest is recorded).
+    let mut recorded: Vec<Option<bool>> = vec![None; done.len()];
     let mut delay = Duration::from_millis(20);
-    let recorded = loop {
-        match ctx.store.complete(retention, &done).await {
-            Ok(r) => break r,
-            Err(e) => {
-                // The handler ran; its result must be recorded before we say anything.
-                tracing::warn!(error = %e, "recording results failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
+    loop {
+        let todo: Vec<usize> = (0..done.len()).filter(|&i| recorded[i].is_none()).collect();
+        if todo.is_empty() {
+            break;
         }
-    };
+        let batch: Vec<(u16, MessageId, &[u8])> = todo.iter().map(|&i| done[i]).collect();
+        let (states, error) = ctx.store.complete(retention, &batch).await;
+        for (&i, s) in todo.iter().zip(states) {
+            recorded[i] = s;
+        }
+        if let Some(e) = error {
+            tracing::warn!(error = %e, "recording results failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+    let recorded: Vec<bool> = recorded.into_iter().map(|r| r.unwrap_or(false)).collect();
     let retry: Vec<(u16, MessageId)> = run
         .iter()
         .zip(&outcomes)

@@ -438,6 +438,7 @@ async fn partition(
         local_ack: Stats::local_histogram(),
         local_e2e: Stats::local_histogram(),
         last_merge: Instant::now(),
+        ack_seconds: metrics::histogram!(telemetry::ACK_LATENCY),
     };
     let exit = match part.run(&mut events, &mut stop).await {
         Ok(exit) => exit,
@@ -495,6 +496,7 @@ struct PartitionState {
     local_ack: Histogram<u64>,
     local_e2e: Histogram<u64>,
     last_merge: Instant,
+    ack_seconds: metrics::Histogram,
 }
 
 impl PartitionState {
@@ -691,7 +693,9 @@ impl PartitionState {
                 let now_ms = crate::stats::unix_ms();
                 for id in ids {
                     if let Some(f) = self.in_flight.remove(&id) {
-                        let us = now.saturating_duration_since(f.sent).as_micros() as u64;
+                        let took = now.saturating_duration_since(f.sent);
+                        self.ack_seconds.record(took.as_secs_f64());
+                        let us = took.as_micros() as u64;
                         let _ = self.local_ack.record(us.max(1));
                         let e2e = now_ms.saturating_sub(id.ms).saturating_mul(1000);
                         let _ = self.local_e2e.record(e2e.max(1));

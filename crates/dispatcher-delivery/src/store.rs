@@ -452,13 +452,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Records results and completion in one step per result hash; per message, `true` when this call
-    /// recorded it and `false` when it was done already.
+    /// Records results and completion in one step per result hash; per message, `Some(true)` when this
+    /// call recorded it, `Some(false)` when it was done already, `None` when its hash's call failed (so
+    /// a retry covers only those, and a recorded result is never mistaken for an earlier one). The
+    /// error is the last failure, if any.
     pub async fn complete(
         &self,
         retention_s: u64,
         results: &[(u16, MessageId, &[u8])],
-    ) -> Result<Vec<bool>> {
+    ) -> (Vec<Option<bool>>, Option<DeliveryError>) {
         let groups = self.by_result_key(results.iter().map(|(p, id, _)| (*p, *id)));
         let calls = groups.iter().map(|(key, idx)| {
             let mut cmd = redis::cmd("FCALL");
@@ -469,19 +471,24 @@ impl Store {
             async move { self.call::<Vec<i64>>(&cmd).await }
         });
         let replies = futures_util::future::join_all(calls).await;
-        let mut out = vec![false; results.len()];
+        let mut out = vec![None; results.len()];
+        let mut error = None;
         for ((_, idx), reply) in groups.iter().zip(replies) {
-            let states = reply?;
-            if states.len() != idx.len() {
-                return Err(DeliveryError::protocol(
-                    "dd_complete: one state per result expected",
-                ));
-            }
-            for (&i, s) in idx.iter().zip(states) {
-                out[i] = s == 1;
+            match reply {
+                Ok(states) if states.len() == idx.len() => {
+                    for (&i, s) in idx.iter().zip(states) {
+                        out[i] = Some(s == 1);
+                    }
+                }
+                Ok(_) => {
+                    error = Some(DeliveryError::protocol(
+                        "dd_complete: one state per result expected",
+                    ))
+                }
+                Err(e) => error = Some(e),
             }
         }
-        Ok(out)
+        (out, error)
     }
 
     /// Drops our claims on messages whose handler asked for a retry.

@@ -243,6 +243,9 @@ pub struct DeliveryConfig {
     pub claim_ttl_ms: u64,
     /// Consumer: how long results are kept (and duplicates recognised), seconds.
     pub result_retention_secs: u64,
+    /// Where `delivery run` and `consumer` serve `/metrics` (none by default). Env:
+    /// `DISPATCHER_METRICS_ADDR`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for DeliveryConfig {
@@ -264,6 +267,7 @@ impl Default for DeliveryConfig {
             window: 2_048,
             claim_ttl_ms: 10_000,
             result_retention_secs: 86_400,
+            metrics_addr: None,
         }
     }
 }
@@ -498,6 +502,9 @@ impl Config {
         }
         if let Some(v) = get("DISPATCHER_CONSUMER_ID") {
             d.consumer_id = Some(v);
+        }
+        if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
+            d.metrics_addr = Some(v);
         }
         if let Some(v) = get("DISPATCHER_CLAIM_TTL_MS") {
             d.claim_ttl_ms = num("DISPATCHER_CLAIM_TTL_MS", &v)?;

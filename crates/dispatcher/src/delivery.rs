@@ -158,6 +158,7 @@ pub async fn run(cmd: DeliveryCommand) -> anyhow::Result<()> {
             opts.read_batch = d.read_batch;
             opts.max_in_flight = d.max_in_flight;
             opts.validate().context("delivery settings")?;
+            crate::serve::metrics_listener(d.metrics_addr.as_deref())?;
             let store = open_store(&cfg).await?;
             let shutdown = shutdown_on_signal();
             let stats = Arc::new(Stats::default());
@@ -323,6 +324,7 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
         seen: std::sync::atomic::AtomicU64::new(0),
         log,
     });
+    crate::serve::metrics_listener(d.metrics_addr.as_deref())?;
     let store = open_store(&cfg).await?;
     tracing::info!(addr = %addr, consumer = %id, "consumer listening");
     eprintln!("consumer {id} listening on ws://{addr}/");

@@ -285,18 +285,7 @@ async fn status(cfg: &Config, json: bool) -> anyhow::Result<()> {
 
 /// Runs the relay (the kill switch and the metrics listener included) until SIGTERM or Ctrl-C.
 async fn relay(cfg: &Config) -> anyhow::Result<()> {
-    if let Some(addr) = &cfg.outbox.metrics_addr {
-        let addr: std::net::SocketAddr = addr
-            .parse()
-            .with_context(|| format!("DISPATCHER_METRICS_ADDR={addr:?} is not an address"))?;
-        metrics_exporter_prometheus::PrometheusBuilder::new()
-            .set_buckets(crate::serve::LATENCY_BUCKETS)
-            .context("metric buckets")?
-            .with_http_listener(addr)
-            .install()
-            .context("serving /metrics")?;
-        tracing::info!(%addr, "metrics listening");
-    }
+    crate::serve::metrics_listener(cfg.outbox.metrics_addr.as_deref())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         crate::serve::shutdown_signal().await;

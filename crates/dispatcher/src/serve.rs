@@ -268,3 +268,20 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// Serves `/metrics` on `addr` (from `DISPATCHER_METRICS_ADDR`) for the commands without the HTTP API
+/// (`outbox run`, `delivery run`, `consumer`); nothing when `None`.
+pub fn metrics_listener(addr: Option<&str>) -> anyhow::Result<()> {
+    let Some(addr) = addr else { return Ok(()) };
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("DISPATCHER_METRICS_ADDR={addr:?} is not an address"))?;
+    PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("metric buckets")?
+        .with_http_listener(addr)
+        .install()
+        .context("serving /metrics")?;
+    tracing::info!(%addr, "metrics listening");
+    Ok(())
+}
