@@ -347,6 +347,9 @@ async fn manage(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> Res
     Ok(())
 }
 
+/// Bytes of a Deliver payload before the body (partition, epoch, attempt, id).
+const DELIVER_FIXED_BYTES: usize = 28;
+
 /// A message waiting to be (re)delivered.
 struct Ready {
     id: MessageId,
@@ -843,6 +846,20 @@ impl PartitionState {
                 let Some(r) = self.ready.pop_front() else {
                     break;
                 };
+                if r.body.len() + DELIVER_FIXED_BYTES > self.shared.opts.max_payload as usize {
+                    // No consumer would take the frame: it can never be delivered.
+                    self.dead.push((
+                        r.id,
+                        r.attempt.saturating_sub(1),
+                        format!(
+                            "undeliverable: body of {} bytes exceeds the {}-byte frame limit",
+                            r.body.len(),
+                            self.shared.opts.max_payload
+                        ),
+                        r.body.clone(),
+                    ));
+                    continue;
+                }
                 let f = Frame::Deliver(Delivery {
                     partition: self.p,
                     epoch: self.epoch,
@@ -944,6 +961,33 @@ impl PartitionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_refuse_what_cannot_work() {
+        let secret = b"0123456789abcdef".to_vec();
+        assert!(
+            LeaderOptions::new(vec!["ws://127.0.0.1:1/".into()], secret.clone())
+                .validate()
+                .is_ok()
+        );
+        for bad in ["wss://127.0.0.1:1/", "http://127.0.0.1:1/", "127.0.0.1:1"] {
+            let e = LeaderOptions::new(vec![bad.into()], secret.clone()).validate();
+            assert!(matches!(e, Err(DeliveryError::Invalid(_))), "{bad}: {e:?}");
+        }
+        assert!(
+            LeaderOptions::new(Vec::new(), secret.clone())
+                .validate()
+                .is_err()
+        );
+        assert!(
+            LeaderOptions::new(vec!["ws://h:1/".into()], b"short".to_vec())
+                .validate()
+                .is_err()
+        );
+        let mut o = LeaderOptions::new(vec!["ws://h:1/".into()], secret);
+        o.node_id = "a|b".into();
+        assert!(o.validate().is_err(), "'|' would break the lease token");
+    }
 
     #[test]
     fn fair_share_rounds_up() {

@@ -230,6 +230,33 @@ async fn a_rejected_message_goes_to_the_dead_letters_with_its_reason_and_is_acke
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_beyond_the_frame_limit_goes_to_the_dead_letters_without_a_delivery() {
+    let s = Setup::new(1).await;
+    let log = Arc::new(Log::default());
+    let (ca, cb) = two_consumers(&s, &log, ok(), ok()).await;
+    let mut opts = leader_options("leader", vec![ca.url.clone(), cb.url.clone()], SECRET);
+    opts.max_payload = 1024;
+    let leader = start_leader(&s, opts).await;
+    let big = "x".repeat(2000);
+    let id = s.publish(0, &big).await;
+    let small = s.publish(0, "small").await;
+    wait_until(DEADLINE, "one dead letter", || async {
+        s.dead_letters(0).await.len() == 1
+    })
+    .await;
+    wait_settled(&s, &[(0, small)]).await;
+    let letters = s.dead_letters(0).await;
+    assert_eq!(letters[0].get("message_id"), Some(&id.to_string()));
+    let reason = letters[0].get("reason").expect("a reason");
+    assert!(reason.contains("undeliverable"), "{reason:?}");
+    assert_eq!(letters[0].get("body"), Some(&big));
+    assert!(log.runs_of(0, id).is_empty(), "no consumer ever saw it");
+    assert_eq!(log.runs_of(0, small).len(), 1, "the next message flows");
+    assert_eq!(s.pending(0).await, 0);
+    stop_all(leader, vec![ca, cb]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_always_asks_for_a_retry_is_dead_after_max_attempts() {
     let s = Setup::new(2).await;
     let log = Arc::new(Log::default());
