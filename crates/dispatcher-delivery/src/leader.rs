@@ -91,7 +91,13 @@ impl LeaderOptions {
             return Err(DeliveryError::invalid("no consumers to dial"));
         }
         for c in &self.consumers {
-            if !(c.starts_with("ws://") || c.starts_with("wss://")) {
+            if c.starts_with("wss://") {
+                return Err(DeliveryError::invalid(format!(
+                    "consumer {c:?}: wss:// is not supported (links are plain ws://; put TLS in front, \
+                     e.g. stunnel or a service mesh)"
+                )));
+            }
+            if !c.starts_with("ws://") {
                 return Err(DeliveryError::invalid(format!(
                     "consumer {c:?}: not a ws:// URL"
                 )));
