@@ -224,7 +224,8 @@ impl std::fmt::Display for DeliveryBenchReport {
 /// A connection that waits for slow replies (the default gives up after 500 ms, which a saturated Redis
 /// exceeds).
 async fn conn_of(client: &redis::Client) -> Result<redis::aio::MultiplexedConnection, BenchError> {
-    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let cfg =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
     client
         .get_multiplexed_async_connection_with_config(&cfg)
         .await
@@ -274,7 +275,10 @@ impl Fleet {
                 self.opts.claim_ttl_ms.to_string(),
             )
             .env("DISPATCHER_LOG", "warn")
-            .env("DISPATCHER_WORKER_THREADS", self.opts.worker_threads.to_string())
+            .env(
+                "DISPATCHER_WORKER_THREADS",
+                self.opts.worker_threads.to_string(),
+            )
             .env("DISPATCHER_HTTP_ADDR", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
@@ -396,10 +400,7 @@ async fn publish(
 ) -> Result<(), BenchError> {
     let client = redis::Client::open(url.as_str()).map_err(setup)?;
     // Two connections so one round trip overlaps the next batch.
-    let conns = [
-        conn_of(&client).await?,
-        conn_of(&client).await?,
-    ];
+    let conns = [conn_of(&client).await?, conn_of(&client).await?];
     let start = Instant::now();
     let mut sent: u64 = 0;
     let mut next_p: u16 = 0;
