@@ -77,6 +77,20 @@ pub struct Message {
     pub body: bytes::Bytes,
 }
 
+impl Message {
+    /// Appends this message's Ack frame to `out`.
+    fn ack(&self, out: &mut Vec<u8>) {
+        let _ = frame::encode(
+            &Frame::Ack {
+                partition: self.partition,
+                epoch: self.epoch,
+                id: self.id,
+            },
+            out,
+        );
+    }
+}
+
 /// What a handler made of a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -160,6 +174,16 @@ struct Ctx<H> {
     owner: String,
     /// Messages (partition, id: stream ids repeat across partitions) whose handler runs here now.
     running: Mutex<HashSet<(u16, MessageId)>>,
+}
+
+impl<H> Ctx<H> {
+    /// The set of messages running here (a poisoned lock still holds a consistent set: nothing panics
+    /// while holding it).
+    fn running(&self) -> std::sync::MutexGuard<'_, HashSet<(u16, MessageId)>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Accepts dispatcher connections on `listener` until `shutdown`; each is served on its own task.
@@ -328,7 +352,8 @@ async fn connection<H: Handler>(
     tracing::info!(dispatcher = %dispatcher_id, "dispatcher authenticated");
 
     let (mut sink, mut stream) = ws.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Frames to send, and how many acks and nacks among them (each returns one credit).
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<(Vec<u8>, u64)>();
     let mut out = Vec::new();
     let _ = frame::encode(&Frame::Credit { n: ctx.opts.window }, &mut out);
     sink.send(WsMessage::Binary(out.into())).await?;
@@ -398,7 +423,7 @@ async fn connection<H: Handler>(
                     bad = Some(Err((frame::ERR_PROTOCOL_VIOLATION, "deliveries beyond the credit granted".to_owned())));
                 }
                 if !reply.is_empty() {
-                    let _ = out_tx.send(reply);
+                    let _ = out_tx.send((reply, 0));
                 }
                 match bad {
                     Some(Ok(())) => break Ok(()),
@@ -417,11 +442,12 @@ async fn connection<H: Handler>(
                     break end;
                 }
             }
-            Some(bytes) = out_rx.recv() => {
-                let mut bytes = bytes;
-                while let Ok(more) = out_rx.try_recv() { bytes.extend_from_slice(&more); }
+            Some((mut bytes, mut settled)) = out_rx.recv() => {
+                while let Ok((more, n)) = out_rx.try_recv() {
+                    bytes.extend_from_slice(&more);
+                    settled += n;
+                }
                 // Every ack and nack returns one credit.
-                let settled = count_settled(&bytes, max);
                 outstanding = outstanding.saturating_sub(settled);
                 if settled > 0 {
                     let _ = frame::encode(&Frame::Credit { n: settled as u32 }, &mut bytes);
@@ -443,37 +469,30 @@ async fn connection<H: Handler>(
     result
 }
 
-fn count_settled(bytes: &[u8], max: u32) -> u64 {
-    frame::frames(bytes, max)
-        .filter(|f| matches!(f, Ok(Frame::Ack { .. } | Frame::Nack { .. })))
-        .count() as u64
-}
-
 /// Claims, runs, records and acknowledges one batch of deliveries.
 async fn process<H: Handler>(
     ctx: Arc<Ctx<H>>,
     batch: Vec<Message>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
+    out: mpsc::UnboundedSender<(Vec<u8>, u64)>,
 ) {
     let retention = ctx.opts.retention.as_secs().max(1);
     let mut waiting = batch;
     let mut reply = Vec::new();
+    let mut settled = 0u64;
     let mut delay = Duration::from_millis(20);
     while !waiting.is_empty() {
-        // Messages already running here (a redelivery racing its first run) wait for it.
         // Check and mark in one step: a second delivery arriving while the first is being claimed
         // or run here waits for it instead of running it again.
-        let (local, todo): (Vec<Message>, Vec<Message>) = match ctx.running.lock() {
-            Ok(mut running) => waiting
+        let (local, todo): (Vec<Message>, Vec<Message>) = {
+            let mut running = ctx.running();
+            waiting
                 .into_iter()
-                .partition(|m| !running.insert((m.partition, m.id))),
-            Err(_) => (waiting, Vec::new()),
+                .partition(|m| !running.insert((m.partition, m.id)))
         };
         let unmark = |ms: &[Message]| {
-            if let Ok(mut r) = ctx.running.lock() {
-                for m in ms {
-                    r.remove(&(m.partition, m.id));
-                }
+            let mut running = ctx.running();
+            for m in ms {
+                running.remove(&(m.partition, m.id));
             }
         };
         let ids: Vec<(u16, MessageId)> = todo.iter().map(|m| (m.partition, m.id)).collect();
@@ -510,14 +529,8 @@ async fn process<H: Handler>(
                     not_run.push(m.clone());
                     metrics::counter!(telemetry::ALREADY_DONE).increment(1);
                     already.push((m.partition, m.id, false));
-                    let _ = frame::encode(
-                        &Frame::Ack {
-                            partition: m.partition,
-                            epoch: m.epoch,
-                            id: m.id,
-                        },
-                        &mut reply,
-                    );
+                    m.ack(&mut reply);
+                    settled += 1;
                 }
                 ClaimState::Busy => {
                     not_run.push(m.clone());
@@ -530,10 +543,11 @@ async fn process<H: Handler>(
             ctx.handler.recorded(&already);
         }
         if !run.is_empty() {
+            settled += run.len() as u64; // each gets an Ack or a Nack
             run_handlers(&ctx, run, &mut reply).await;
         }
         if !reply.is_empty() {
-            let _ = out.send(std::mem::take(&mut reply));
+            let _ = out.send((std::mem::take(&mut reply), std::mem::take(&mut settled)));
         }
         waiting = later;
         if !waiting.is_empty() {
@@ -603,14 +617,7 @@ async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &
                     metrics::counter!(telemetry::ALREADY_DONE).increment(1);
                 }
                 audit.push((m.partition, m.id, first));
-                let _ = frame::encode(
-                    &Frame::Ack {
-                        partition: m.partition,
-                        epoch: m.epoch,
-                        id: m.id,
-                    },
-                    reply,
-                );
+                m.ack(reply);
             }
             Outcome::Retry(reason) | Outcome::Reject(reason) => {
                 let _ = frame::encode(
@@ -627,10 +634,9 @@ async fn run_handlers<H: Handler>(ctx: &Arc<Ctx<H>>, run: Vec<Message>, reply: &
         }
     }
     ctx.handler.recorded(&audit);
-    if let Ok(mut r) = ctx.running.lock() {
-        for m in &run {
-            r.remove(&(m.partition, m.id));
-        }
+    let mut running = ctx.running();
+    for m in &run {
+        running.remove(&(m.partition, m.id));
     }
 }
 
