@@ -1,4 +1,4 @@
-//! The dispatcher side of push delivery. A [`Leader`] keeps links to the configured consumers, competes for
+//! The dispatcher side of push delivery. [`run`] keeps links to the configured consumers, competes for
 //! partition leases (a fair share each, any partition left free), and runs one task per held partition:
 //! reclaim what earlier epochs left pending, read new entries within the consumers' credit, deliver,
 //! track each message by id with a deadline, acknowledge, redeliver, dead-letter. Every Redis write of a
