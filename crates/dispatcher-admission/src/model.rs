@@ -36,6 +36,13 @@ impl EventId {
                 "event id contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"
             )));
         }
+        if id.bytes().all(|b| b == b'.') {
+            // `.` and `..` are path segments every URL normaliser folds away: such an event could be
+            // created and never reached again.
+            return Err(AdmissionError::invalid(
+                "event id is made only of dots; it needs at least one letter, digit, '_' or '-'",
+            ));
+        }
         Ok(Self(id))
     }
 
@@ -340,8 +347,14 @@ impl EventSettings {
                     "queue_mode prequeue needs starts_at_ms (when the pre-queue is shuffled into the line)",
                 ));
             }
-            (_, Some(t)) => range("starts_at_ms", t, 1, MAX_STARTS_AT_MS)?,
-            _ => {}
+            (QueueMode::Prequeue, Some(t)) => range("starts_at_ms", t, 1, MAX_STARTS_AT_MS)?,
+            (mode, Some(_)) => {
+                return Err(AdmissionError::invalid(format!(
+                    "starts_at_ms is only for queue_mode prequeue (this event's mode is {}); leave it out",
+                    mode.as_str()
+                )));
+            }
+            (_, None) => {}
         }
         Ok(())
     }
@@ -603,4 +616,44 @@ pub struct EntryRecord {
     pub admitted_at_ms: u64,
     /// Session end, ms.
     pub expires_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_made_only_of_dots_are_refused() {
+        for id in [".", "..", "...", "...................."] {
+            assert!(
+                matches!(EventId::new(id), Err(AdmissionError::InvalidInput(_))),
+                "{id:?} must be refused"
+            );
+        }
+        for id in [".a", "a.", "a..b", "._", "-.", "v1.2"] {
+            assert!(EventId::new(id).is_ok(), "{id:?} is a fine id");
+        }
+    }
+
+    #[test]
+    fn starts_at_is_refused_unless_the_mode_is_prequeue() {
+        for mode in [QueueMode::Fifo, QueueMode::Passthrough, QueueMode::Reject] {
+            let s = EventSettings {
+                queue_mode: mode,
+                starts_at_ms: Some(1_900_000_000_000),
+                ..EventSettings::with_capacity(10)
+            };
+            assert!(
+                matches!(s.validate(), Err(AdmissionError::InvalidInput(_))),
+                "{mode:?} with starts_at_ms must be refused"
+            );
+        }
+        let pre = EventSettings {
+            queue_mode: QueueMode::Prequeue,
+            starts_at_ms: Some(1_900_000_000_000),
+            ..EventSettings::with_capacity(10)
+        };
+        assert!(pre.validate().is_ok());
+        assert!(EventSettings::with_capacity(10).validate().is_ok());
+    }
 }

@@ -3,6 +3,7 @@
 //! Every route requires `Authorization: Bearer <admin token>`, compared in constant time.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Peer};
 use crate::view::TicketView;
 use crate::visitor::{ReleaseView, event_id, release_for_admin, ticket_id};
 use crate::{App, telemetry};
@@ -57,23 +58,42 @@ pub(crate) fn routes<S: AdmissionStore>() -> Router<Arc<App<S>>> {
 /// Checks the bearer token in constant time (for tokens of equal length).
 pub(crate) async fn require_admin<S: AdmissionStore>(
     State(app): State<Arc<App<S>>>,
+    peer: Peer,
     req: Request,
     next: Next,
 ) -> Response {
+    let ip = app.client_ip(peer.0, req.headers());
+    let now = Instant::now();
+    // An address that failed too often is refused before its token is even compared, so a guesser
+    // learns nothing more until the bucket refills.
+    if let Err(wait) = app.admin_failures.peek(&ip, now) {
+        metrics::counter!(telemetry::ADMIN_AUTH_THROTTLED_TOTAL).increment(1);
+        return ApiError::throttled("address", wait).into_response();
+    }
     let given = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let ok = match (&app.opts.admin_token, given) {
         (Some(want), Some(given)) => bool::from(want.as_bytes().ct_eq(given.as_bytes())),
         _ => false,
     };
     if !ok {
+        // Every failure spends a token of the address's bucket.
+        let _ = app.admin_failures.check(&ip, now);
         return ApiError::unauthorized().into_response();
     }
     next.run(req).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// An event's settings, counts and measured admission rate.
@@ -228,6 +248,7 @@ async fn delete_event<S: AdmissionStore>(
         .await
         .map_err(|e| ApiError::store("delete_event", e))?;
     app.forget_settings(&event);
+    app.forget_event_gauges(&event);
     tracing::info!(event = %event, tickets = deleted.tickets, "event deleted");
     Ok((StatusCode::OK, axum::Json(deleted)).into_response())
 }
@@ -329,4 +350,30 @@ async fn rotate_keys<S: AdmissionStore>(
         )
     })?;
     Ok(list_keys(State(app)).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "BeArEr   abc  "] {
+            assert_eq!(bearer_token(v), Some("abc"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_and_empty_tokens_are_not_bearer_tokens() {
+        for v in [
+            "Basic abc",
+            "Bearerabc",
+            "Bearer ",
+            "Bearer",
+            "",
+            "Token abc",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }

@@ -161,6 +161,13 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 7235: a 401 names the scheme it wants.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"dispatcher-admin\""),
+            );
+        }
         resp
     }
 }

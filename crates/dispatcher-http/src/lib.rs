@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod batch;
+mod edge;
 pub mod error;
 mod extract;
 pub mod limits;
@@ -33,6 +34,7 @@ use dispatcher_admission::{AdmissionStore, EventId, EventSettings, UserId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 
+pub use edge::{EdgeOptions, Refusal, Slot, Slots, serve};
 pub use error::{ApiError, ApiResult};
 pub use limits::{KeyedLimiter, Rate};
 pub use live::{Hub, LiveOptions};
@@ -50,7 +52,8 @@ pub struct HttpOptions {
     pub join_rate_per_user: Rate,
     /// Visitor requests of any kind per client address.
     pub request_rate_per_ip: Rate,
-    /// Take the client address from the first `X-Forwarded-For` hop (only behind a trusted proxy).
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy): the last hop of the
+    /// last header line, the one the proxy appended; every earlier hop is the client's word.
     pub trust_forwarded_for: bool,
     /// Largest accepted request body, bytes.
     pub max_body_bytes: usize,
@@ -61,6 +64,15 @@ pub struct HttpOptions {
     pub live: LiveOptions,
     /// Coalesce concurrent joins of one event into one store call (at most this many; 1 = off).
     pub join_batch: usize,
+    /// Connection caps and timeouts of the HTTP edge, and the caps on live streams.
+    pub edge: EdgeOptions,
+    /// How long a visitor call may wait for the store before it answers 503 (or, for a join of an event
+    /// that fails open, lets the visitor through).
+    pub visitor_budget: Duration,
+    /// Failed admin authentications per client address: beyond the burst, 429 until the bucket refills.
+    pub admin_failure_rate: Rate,
+    /// Serve `/metrics` on the public port; off when a separate metrics address is used.
+    pub public_metrics: bool,
 }
 
 impl Default for HttpOptions {
@@ -75,6 +87,10 @@ impl Default for HttpOptions {
             redirect_origins: Vec::new(),
             live: LiveOptions::default(),
             join_batch: 256,
+            edge: EdgeOptions::default(),
+            visitor_budget: Duration::from_secs(2),
+            admin_failure_rate: Rate::new(0.2, 10.0),
+            public_metrics: true,
         }
     }
 }
@@ -94,6 +110,11 @@ pub struct App<S> {
     join_ip: KeyedLimiter<IpAddr>,
     join_user: KeyedLimiter<(EventId, UserId)>,
     request_ip: KeyedLimiter<IpAddr>,
+    admin_failures: KeyedLimiter<IpAddr>,
+    live_streams: Slots<IpAddr>,
+    /// Waiting and admitted per event as last read, rendered on `/metrics` (a deleted event's series go
+    /// with it).
+    event_counts: RwLock<std::collections::BTreeMap<EventId, (u64, u64)>>,
     /// Events' settings as last seen, so a join can fail open while the store is down.
     settings: RwLock<HashMap<EventId, EventSettings>>,
     promoter_running: AtomicBool,
@@ -127,6 +148,12 @@ impl<S: AdmissionStore> App<S> {
             join_ip: KeyedLimiter::new(opts.join_rate_per_ip),
             join_user: KeyedLimiter::new(opts.join_rate_per_user),
             request_ip: KeyedLimiter::new(opts.request_rate_per_ip),
+            admin_failures: KeyedLimiter::new(opts.admin_failure_rate),
+            live_streams: Slots::new(
+                opts.edge.max_live_streams,
+                opts.edge.max_live_streams_per_ip,
+            ),
+            event_counts: RwLock::new(std::collections::BTreeMap::new()),
             opts,
             settings: RwLock::new(HashMap::new()),
             promoter_running: AtomicBool::new(false),
@@ -218,31 +245,81 @@ impl<S: AdmissionStore> App<S> {
         }
         for info in infos.into_iter().flatten() {
             self.remember_settings(&info.id, &info.settings);
-            let label = info.id.to_string();
-            metrics::gauge!(telemetry::EVENT_WAITING, "event" => label.clone())
-                .set(info.waiting as f64);
-            metrics::gauge!(telemetry::EVENT_ADMITTED, "event" => label).set(info.admitted as f64);
+            self.event_counts
+                .write()
+                .insert(info.id.clone(), (info.waiting, info.admitted));
         }
-        // Events deleted elsewhere leave the cache (only after a complete listing).
+        // Events deleted elsewhere leave the cache and the metrics (only after a complete listing).
         if complete {
             self.settings.write().retain(|e, _| seen.contains(e));
+            self.event_counts.write().retain(|e, _| seen.contains(e));
         }
+    }
+
+    /// Drops an event's series from `/metrics` (the event was deleted).
+    pub(crate) fn forget_event_gauges(&self, event: &EventId) {
+        self.event_counts.write().remove(event);
     }
 
     /// The client address of a request.
     pub(crate) fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> IpAddr {
         if self.opts.trust_forwarded_for
-            && let Some(ip) = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                // The last hop is the one the trusted proxy appended; earlier ones are the client's word.
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok())
+            && let Some(ip) = last_forwarded_hop(headers)
         {
             return ip;
         }
         peer.map(|p| p.ip())
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// A place for one live stream of a client address, or the cap that refuses it.
+    pub(crate) fn take_live_slot(&self, ip: IpAddr) -> Result<Slot, Refusal> {
+        self.live_streams.try_take(ip)
+    }
+
+    /// The metrics page: the recorder's series and the per-event gauges.
+    pub fn render_metrics(&self) -> Option<String> {
+        let mut page = self.metrics.as_ref()?.render();
+        render_event_gauges(&mut page, &self.event_counts.read());
+        Some(page)
+    }
+}
+
+/// The client address a trusted proxy appended: the last hop of the last `X-Forwarded-For` line. A proxy
+/// appends to the last line; a client can send lines of its own before it, so the first line (or any
+/// earlier hop) proves nothing.
+fn last_forwarded_hop(headers: &HeaderMap) -> Option<IpAddr> {
+    let last_line = headers.get_all("x-forwarded-for").iter().next_back()?;
+    let hop = last_line.to_str().ok()?.rsplit(',').next()?.trim();
+    hop.parse::<IpAddr>().ok()
+}
+
+/// Appends the per-event gauges in Prometheus text format.
+fn render_event_gauges(
+    page: &mut String,
+    counts: &std::collections::BTreeMap<EventId, (u64, u64)>,
+) {
+    use std::fmt::Write;
+    if counts.is_empty() {
+        return;
+    }
+    for (name, help, pick) in [
+        (
+            telemetry::EVENT_WAITING,
+            "Tickets waiting per event.",
+            (|c: &(u64, u64)| c.0) as fn(&(u64, u64)) -> u64,
+        ),
+        (
+            telemetry::EVENT_ADMITTED,
+            "Tickets admitted per event.",
+            |c: &(u64, u64)| c.1,
+        ),
+    ] {
+        let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (event, c) in counts {
+            // Event ids are ASCII letters, digits, '.', '_' and '-': nothing to escape in a label.
+            let _ = writeln!(page, "{name}{{event=\"{event}\"}} {}", pick(c));
+        }
     }
 }
 
@@ -295,6 +372,10 @@ pub fn router<S: AdmissionStore>(app: Arc<App<S>>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(app.opts.max_body_bytes))
+        .layer(axum::middleware::from_fn({
+            let (budget, limit) = (app.opts.edge.body_timeout, app.opts.max_body_bytes);
+            move |req, next| edge::read_body_within(budget, limit, req, next)
+        }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");
@@ -401,13 +482,25 @@ async fn readyz<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
 }
 
 async fn metrics_page<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
-    match &app.metrics {
-        Some(h) => (
+    if !app.opts.public_metrics {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_elsewhere",
+            "metrics are served on the metrics address, not here",
+        )
+        .into_response();
+    }
+    metrics_answer(&app)
+}
+
+fn metrics_answer<S: AdmissionStore>(app: &App<S>) -> Response {
+    match app.render_metrics() {
+        Some(page) => (
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            h.render(),
+            page,
         )
             .into_response(),
         None => ApiError::new(
@@ -419,6 +512,17 @@ async fn metrics_page<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Resp
     }
 }
 
+/// The router of a separate metrics address: `/metrics` only.
+pub fn metrics_router<S: AdmissionStore>(app: Arc<App<S>>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(app): State<Arc<App<S>>>| async move { metrics_answer(&app) }),
+        )
+        .fallback(|| async { ApiError::no_route() })
+        .with_state(app)
+}
+
 async fn jwks<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
     (
         [(axum::http::header::CACHE_CONTROL, "public, max-age=60")],
@@ -427,28 +531,49 @@ async fn jwks<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
         .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains open requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small JSON answers must not wait for Nagle's algorithm (40 ms stalls with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::ROUTES;
+    use super::*;
+
+    fn xff(lines: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append("x-forwarded-for", l.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn the_trusted_hop_is_the_last_of_the_last_line() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert_eq!(last_forwarded_hop(&xff(&["1.1.1.1"])), Some(ip("1.1.1.1")));
+        assert_eq!(
+            last_forwarded_hop(&xff(&["6.6.6.6, 1.1.1.1"])),
+            Some(ip("1.1.1.1"))
+        );
+        // A client-sent first line cannot choose the address: the proxy appended its own line last.
+        assert_eq!(
+            last_forwarded_hop(&xff(&["6.6.6.6", "7.7.7.7, 2.2.2.2"])),
+            Some(ip("2.2.2.2"))
+        );
+        assert_eq!(last_forwarded_hop(&xff(&["1.1.1.1", "junk"])), None);
+        assert_eq!(last_forwarded_hop(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn event_gauges_render_as_prometheus_text() {
+        let mut counts = std::collections::BTreeMap::new();
+        counts.insert(EventId::new("drop-1").expect("id"), (7, 3));
+        let mut page = String::new();
+        render_event_gauges(&mut page, &counts);
+        assert!(page.contains("# TYPE dispatcher_event_waiting gauge\n"));
+        assert!(page.contains("dispatcher_event_waiting{event=\"drop-1\"} 7\n"));
+        assert!(page.contains("dispatcher_event_admitted{event=\"drop-1\"} 3\n"));
+        let mut empty = String::new();
+        render_event_gauges(&mut empty, &std::collections::BTreeMap::new());
+        assert!(empty.is_empty());
+    }
 
     #[test]
     fn the_metric_route_labels_cover_every_documented_route() {

@@ -105,6 +105,23 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         take(b, self.rate, now)
     }
 
+    /// Whether `key` has a token at `now`, without taking one (a key never seen has a full bucket):
+    /// `Err` holds the seconds until it has.
+    pub fn peek(&self, key: &K, now: Instant) -> Result<(), u64> {
+        if self.rate.is_off() {
+            return Ok(());
+        }
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
+        let guard = shard.lock();
+        match guard.buckets.get(key) {
+            None => Ok(()),
+            Some(b) => {
+                let mut copy = *b;
+                take(&mut copy, self.rate, now)
+            }
+        }
+    }
+
     /// Keys currently tracked (for tests and gauges).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().buckets.len()).sum()
@@ -148,6 +165,23 @@ fn sweep<K: Hash + Eq + Clone>(map: &mut HashMap<K, Bucket>, rate: Rate, now: In
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn peeking_takes_no_token() {
+        let l = super::KeyedLimiter::new(super::Rate::new(1.0, 2.0));
+        let now = std::time::Instant::now();
+        for _ in 0..10 {
+            assert!(l.peek(&"a", now).is_ok());
+        }
+        assert!(l.is_empty(), "peeking tracks no key");
+        l.check(&"a", now).expect("first");
+        l.check(&"a", now).expect("second");
+        assert!(l.peek(&"a", now).is_err(), "the bucket is empty now");
+        assert!(
+            l.peek(&"a", now + Duration::from_secs(1)).is_ok(),
+            "refilled"
+        );
+    }
 
     use super::*;
 

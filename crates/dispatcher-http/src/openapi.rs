@@ -41,7 +41,14 @@ fn visitor_ticket_op(summary: &str, method_ok: Value) -> Value {
 fn admin_op(summary: &str, params: Vec<Value>, responses: Value) -> Value {
     let mut r = responses;
     if let Some(m) = r.as_object_mut() {
-        m.insert("401".into(), err("Missing or wrong admin bearer token"));
+        m.insert(
+            "401".into(),
+            err("Missing or wrong admin bearer token (WWW-Authenticate: Bearer)"),
+        );
+        m.insert(
+            "429".into(),
+            err("Too many failed authentications from this address (Retry-After)"),
+        );
         m.insert("503".into(), err("The store is unavailable (Retry-After)"));
     }
     json!({ "summary": summary, "tags": ["admin"], "security": [{ "admin": [] }], "parameters": params, "responses": r })
@@ -179,7 +186,9 @@ fn paths_and_schemas() -> Value {
                         "403": err("The event's queueing mode rejects new joins"),
                         "404": err("Unknown event"),
                         "409": err("The event is closed to new joins, or this user already holds a live ticket (already_joined; its secret is not revealed)"),
+                        "408": err("The body did not arrive within the body timeout (the connection closes)"),
                         "413": err("Body too large"),
+                        "415": err("A body without Content-Type: application/json"),
                         "429": err("Too many joins from this address or user (Retry-After)"),
                         "503": err("The store is unavailable and the event fails closed (Retry-After)")
                     }
@@ -199,7 +208,7 @@ fn paths_and_schemas() -> Value {
             },
             "/v1/events/{event}/tickets/{ticket}/live": {
                 "get": visitor_ticket_op(
-                    "Live updates (server-sent events: position, admitted with the token, final); an open stream counts as presence",
+                    "Live updates (server-sent events: position, admitted with the token, final); an open stream counts as presence. Streams are capped per address (429 too_many_streams) and in total (503 too_many_streams): poll the status then",
                     json!({ "description": "An event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } })
                 )
             },

@@ -25,3 +25,15 @@ pub const LIVE_PASS_DURATION: &str = "dispatcher_live_pass_duration_seconds";
 pub const TOKENS_MINTED_TOTAL: &str = "dispatcher_tokens_minted_total";
 /// Joins let through without the store because the event fails open.
 pub const FAIL_OPEN_TOTAL: &str = "dispatcher_fail_open_total";
+/// Open HTTP connections.
+pub const HTTP_CONNECTIONS_OPEN: &str = "dispatcher_http_connections_open";
+/// Connections closed at once because a cap was reached (`cap`: total, per_address).
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "dispatcher_http_connections_refused_total";
+/// Connections closed by a timeout (`timeout`: idle) or a request refused by one (`timeout`: body).
+pub const HTTP_TIMEOUTS_TOTAL: &str = "dispatcher_http_timeouts_total";
+/// Live streams refused because a cap was reached (`cap`: total, per_address).
+pub const LIVE_STREAMS_REFUSED_TOTAL: &str = "dispatcher_live_streams_refused_total";
+/// Admin calls refused because their address failed authentication too often.
+pub const ADMIN_AUTH_THROTTLED_TOTAL: &str = "dispatcher_admin_auth_throttled_total";
+/// Visitor calls that ran out of their time budget (the store did not answer in time).
+pub const VISITOR_TIMEOUTS_TOTAL: &str = "dispatcher_visitor_timeouts_total";

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiBytes, ApiPath, Peer};
 use crate::view::TicketView;
-use crate::{App, telemetry};
+use crate::{App, Refusal, telemetry};
 
 /// The body of a join: optional; `{}` or no body at all joins anonymously.
 #[derive(Debug, Default, Deserialize)]
@@ -62,7 +62,43 @@ pub(crate) async fn limit_requests<S: AdmissionStore>(
         metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "scope" => "ip").increment(1);
         return ApiError::throttled("address", wait).into_response();
     }
-    next.run(req).await
+    // A store that stops answering must not hold visitors (and their connections) for the store
+    // client's own, much longer, timeout. A live stream's budget covers its first read only.
+    match tokio::time::timeout(app.opts.visitor_budget, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!(telemetry::VISITOR_TIMEOUTS_TOTAL).increment(1);
+            out_of_budget(app.opts.visitor_budget).into_response()
+        }
+    }
+}
+
+fn out_of_budget(budget: Duration) -> ApiError {
+    ApiError::unavailable(format!(
+        "the waiting room's store did not answer within {} ms; retry shortly",
+        budget.as_millis()
+    ))
+}
+
+/// A join's body must be declared JSON when there is one: a cross-site form or `text/plain` POST (which a
+/// browser sends without asking the server first) cannot join on a user's behalf.
+fn check_join_content_type(headers: &HeaderMap, body_is_empty: bool) -> ApiResult<()> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""));
+    let is_json = |ct: &str| {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence.eq_ignore_ascii_case("application/json")
+    };
+    match declared {
+        None if body_is_empty => Ok(()),
+        Some(ct) if is_json(ct) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "a join with a body needs Content-Type: application/json",
+        )),
+    }
 }
 
 pub(crate) async fn join<S: AdmissionStore>(
@@ -74,9 +110,18 @@ pub(crate) async fn join<S: AdmissionStore>(
 ) -> ApiResult<Response> {
     let started = Instant::now();
     let event = event_id(&event)?;
-    let body: JoinBody = if body.iter().all(u8::is_ascii_whitespace) {
+    let blank = body.iter().all(u8::is_ascii_whitespace);
+    check_join_content_type(&headers, body.is_empty())?;
+    let body: JoinBody = if blank {
         JoinBody::default()
     } else {
+        // serde reads a JSON array as a struct's fields in order: only an object is a join request.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "invalid_json",
+                "the body is not a join request: expected a JSON object",
+            ));
+        }
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
                 "invalid_json",
@@ -97,7 +142,19 @@ pub(crate) async fn join<S: AdmissionStore>(
         metrics::counter!(telemetry::RATE_LIMITED_TOTAL, "scope" => "user").increment(1);
         return Err(ApiError::throttled("user", wait));
     }
-    let joined = match app.joins.join(&event, user.clone()).await {
+    let joined = tokio::time::timeout(
+        app.opts.visitor_budget,
+        app.joins.join(&event, user.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        metrics::counter!(telemetry::VISITOR_TIMEOUTS_TOTAL).increment(1);
+        Err(AdmissionError::Unavailable(format!(
+            "no answer within {} ms",
+            app.opts.visitor_budget.as_millis()
+        )))
+    });
+    let joined = match joined {
         Ok(j) => j,
         Err(e) if e.is_retryable() => {
             metrics::counter!(telemetry::REDIS_ERRORS_TOTAL, "op" => "join").increment(1);
@@ -284,8 +341,32 @@ pub(crate) async fn release_for_admin<S: AdmissionStore>(
 /// ticket's presence.
 pub(crate) async fn live<S: AdmissionStore>(
     State(app): State<Arc<App<S>>>,
+    peer: Peer,
+    headers: HeaderMap,
     ApiPath((event, ticket)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
+    // The stream holds its place (and its connection) until it ends.
+    let slot = match app.take_live_slot(app.client_ip(peer.0, &headers)) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            metrics::counter!(telemetry::LIVE_STREAMS_REFUSED_TOTAL, "cap" => refusal.as_str())
+                .increment(1);
+            return Err(match refusal {
+                Refusal::PerAddress => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_streams",
+                    "this address holds as many live streams as it may; close one or poll the status",
+                )
+                .retry_after(5),
+                Refusal::Total => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_streams",
+                    "this server holds as many live streams as it may; poll the status instead",
+                )
+                .retry_after(5),
+            });
+        }
+    };
     let (event, t) = read_with_presence(&app, &event, &ticket).await?;
     let initial = TicketView::of(&event, &t, &app.tokens, app.hub.rate(event.as_str()));
     if initial.state.is_final() {
@@ -321,6 +402,11 @@ pub(crate) async fn live<S: AdmissionStore>(
             Some((Ok(sse_event(&v)), (None, sub, shutdown, done)))
         },
     );
+    // The place is given back when the stream (and so this closure's capture) is dropped.
+    let stream = futures_util::StreamExt::map(stream, move |ev| {
+        let _held = &slot;
+        ev
+    });
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())

@@ -87,6 +87,30 @@ pub struct HttpConfig {
     pub live_interval_ms: u64,
     /// Most concurrent joins of one event sent to the store in one call (1 = no coalescing).
     pub join_batch: usize,
+    /// A request's header must arrive within this (also how long an idle keep-alive connection stays
+    /// open), ms. Env: `DISPATCHER_HTTP_HEADER_TIMEOUT_MS`.
+    pub header_timeout_ms: u64,
+    /// A request's body must arrive within this, ms. Env: `DISPATCHER_HTTP_BODY_TIMEOUT_MS`.
+    pub body_timeout_ms: u64,
+    /// A connection on which nothing moves for this long is closed, ms. Env:
+    /// `DISPATCHER_HTTP_IDLE_TIMEOUT_MS`.
+    pub idle_timeout_ms: u64,
+    /// Open connections in total; default from the process's open-file limit (672 at 1,024). Env:
+    /// `DISPATCHER_HTTP_MAX_CONNECTIONS`.
+    pub max_connections: Option<usize>,
+    /// Open connections per client (TCP peer) address. Env: `DISPATCHER_HTTP_MAX_CONNECTIONS_PER_IP`.
+    pub max_connections_per_ip: usize,
+    /// Open live streams in total; default three quarters of `max_connections`. Env:
+    /// `DISPATCHER_LIVE_MAX_STREAMS`.
+    pub max_live_streams: Option<usize>,
+    /// Open live streams per client address. Env: `DISPATCHER_LIVE_MAX_STREAMS_PER_IP`.
+    pub max_live_streams_per_ip: usize,
+    /// How long a visitor call waits for the store before 503 (or failing open), ms. Env:
+    /// `DISPATCHER_VISITOR_TIMEOUT_MS`.
+    pub visitor_timeout_ms: u64,
+    /// Where `serve` serves `/metrics`; when set, the public port does not. Env:
+    /// `DISPATCHER_METRICS_ADDR`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -106,6 +130,15 @@ impl Default for HttpConfig {
             redirect_origins: Vec::new(),
             live_interval_ms: 1_000,
             join_batch: 256,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_connections: None,
+            max_connections_per_ip: 64,
+            max_live_streams: None,
+            max_live_streams_per_ip: 32,
+            visitor_timeout_ms: 2_000,
+            metrics_addr: None,
         }
     }
 }
@@ -394,6 +427,7 @@ impl Config {
         }
         self.apply_outbox_env(&get)?;
         self.apply_delivery_env(&get)?;
+        self.apply_http_edge_env(&get)?;
         if let Some(v) = get("DISPATCHER_REQUEST_RATE_PER_IP") {
             self.http.request_rate_per_ip = v
                 .parse()
@@ -455,6 +489,86 @@ impl Config {
         }
         if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
             o.metrics_addr = Some(v);
+        }
+        Ok(())
+    }
+
+    fn apply_http_edge_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+        }
+        let h = &mut self.http;
+        for (name, field) in [
+            (
+                "DISPATCHER_HTTP_HEADER_TIMEOUT_MS",
+                &mut h.header_timeout_ms,
+            ),
+            ("DISPATCHER_HTTP_BODY_TIMEOUT_MS", &mut h.body_timeout_ms),
+            ("DISPATCHER_HTTP_IDLE_TIMEOUT_MS", &mut h.idle_timeout_ms),
+            ("DISPATCHER_VISITOR_TIMEOUT_MS", &mut h.visitor_timeout_ms),
+        ] {
+            if let Some(v) = get(name) {
+                *field = num(name, &v)?;
+            }
+        }
+        if let Some(v) = get("DISPATCHER_HTTP_MAX_CONNECTIONS") {
+            h.max_connections = Some(num("DISPATCHER_HTTP_MAX_CONNECTIONS", &v)?);
+        }
+        if let Some(v) = get("DISPATCHER_HTTP_MAX_CONNECTIONS_PER_IP") {
+            h.max_connections_per_ip = num("DISPATCHER_HTTP_MAX_CONNECTIONS_PER_IP", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_LIVE_MAX_STREAMS") {
+            h.max_live_streams = Some(num("DISPATCHER_LIVE_MAX_STREAMS", &v)?);
+        }
+        if let Some(v) = get("DISPATCHER_LIVE_MAX_STREAMS_PER_IP") {
+            h.max_live_streams_per_ip = num("DISPATCHER_LIVE_MAX_STREAMS_PER_IP", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
+            h.metrics_addr = Some(v);
+        }
+        Ok(())
+    }
+
+    /// The HTTP edge's limits: the configured ones, the rest scaled to `open_files`.
+    pub fn edge_options(&self, open_files: u64) -> dispatcher_http::EdgeOptions {
+        let h = &self.http;
+        let scaled = dispatcher_http::EdgeOptions::for_file_limit(open_files);
+        let max_connections = h.max_connections.unwrap_or(scaled.max_connections);
+        dispatcher_http::EdgeOptions {
+            header_timeout: std::time::Duration::from_millis(h.header_timeout_ms),
+            body_timeout: std::time::Duration::from_millis(h.body_timeout_ms),
+            idle_timeout: std::time::Duration::from_millis(h.idle_timeout_ms),
+            max_connections,
+            max_connections_per_ip: h.max_connections_per_ip,
+            max_live_streams: h
+                .max_live_streams
+                .unwrap_or((max_connections / 4 * 3).max(1)),
+            max_live_streams_per_ip: h.max_live_streams_per_ip,
+        }
+    }
+
+    fn validate_http_edge(&self) -> anyhow::Result<()> {
+        let h = &self.http;
+        for (name, v, lo, hi) in [
+            ("http.header_timeout_ms", h.header_timeout_ms, 100, 600_000),
+            ("http.body_timeout_ms", h.body_timeout_ms, 100, 600_000),
+            ("http.idle_timeout_ms", h.idle_timeout_ms, 1_000, 3_600_000),
+            ("http.visitor_timeout_ms", h.visitor_timeout_ms, 50, 60_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                bail!("{name} must be between {lo} and {hi}, not {v}");
+            }
+        }
+        for (name, v) in [
+            ("http.max_connections", h.max_connections.unwrap_or(1)),
+            ("http.max_connections_per_ip", h.max_connections_per_ip),
+            ("http.max_live_streams", h.max_live_streams.unwrap_or(1)),
+            ("http.max_live_streams_per_ip", h.max_live_streams_per_ip),
+        ] {
+            if !(1..=1_000_000).contains(&v) {
+                bail!("{name} must be between 1 and 1000000, not {v}");
+            }
         }
         Ok(())
     }
@@ -581,6 +695,7 @@ impl Config {
         if self.http.live_interval_ms < 100 || self.http.live_interval_ms > 60_000 {
             bail!("http.live_interval_ms must be between 100 and 60000");
         }
+        self.validate_http_edge()?;
         if self.forwarder.reclaim_min_idle_ms == 0 {
             bail!("forwarder.reclaim_min_idle_ms must be positive");
         }

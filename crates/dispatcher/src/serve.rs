@@ -86,27 +86,55 @@ fn forwarder(store: &RedisStore, cfg: &Config, tokens: Arc<Tokens>) -> anyhow::R
     Forwarder::new(store, minter, opts).context("starting the forwarder")
 }
 
+/// Shortest admin token accepted, from the environment or a file alike.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// The admin token from `DISPATCHER_ADMIN_TOKEN`, or the file named by the configuration.
 fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
     if let Ok(t) = std::env::var("DISPATCHER_ADMIN_TOKEN")
         && !t.trim().is_empty()
     {
-        return Ok(Some(t.trim().to_owned()));
+        return check_admin_token(t.trim(), "DISPATCHER_ADMIN_TOKEN").map(Some);
     }
     match &cfg.http.admin_token_file {
         Some(path) => {
             let t = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the admin token file {path}"))?;
-            let t = t.trim().to_owned();
+            let t = t.trim();
             anyhow::ensure!(!t.is_empty(), "the admin token file {path} is empty");
-            anyhow::ensure!(
-                t.len() >= 16,
-                "the admin token in {path} is too short (at least 16 characters)"
-            );
-            Ok(Some(t))
+            check_admin_token(t, &format!("the admin token file {path}")).map(Some)
         }
         None => Ok(None),
     }
+}
+
+/// The same minimum wherever the token comes from; the error never shows the token.
+fn check_admin_token(t: &str, source: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        t.chars().count() >= MIN_ADMIN_TOKEN_LEN,
+        "the admin token in {source} is too short (at least {MIN_ADMIN_TOKEN_LEN} characters)"
+    );
+    Ok(t.to_owned())
+}
+
+/// The soft limit on open files of this process (`/proc/self/limits`); 1,024 where it cannot be read.
+fn open_file_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| parse_open_file_limit(&text))
+        .unwrap_or(1024)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
 }
 
 fn http_options(cfg: &Config) -> anyhow::Result<HttpOptions> {
@@ -124,6 +152,10 @@ fn http_options(cfg: &Config) -> anyhow::Result<HttpOptions> {
             ..Default::default()
         },
         join_batch: h.join_batch,
+        edge: cfg.edge_options(open_file_limit()),
+        visitor_budget: Duration::from_millis(h.visitor_timeout_ms),
+        public_metrics: h.metrics_addr.is_none(),
+        ..Default::default()
     })
 }
 
@@ -176,12 +208,37 @@ async fn serve_with<S: AdmissionStore>(
             .await
             .with_context(|| format!("listening on {}", cfg.http_addr))?;
         let addr = listener.local_addr().context("listen address")?;
-        tracing::info!(addr = %addr, "http listening");
+        let edge = app.opts.edge.clone();
+        tracing::info!(
+            addr = %addr,
+            max_connections = edge.max_connections,
+            max_connections_per_ip = edge.max_connections_per_ip,
+            max_live_streams = edge.max_live_streams,
+            "http listening"
+        );
         let router = dispatcher_http::router(app.clone());
         let stop = stopped();
         tasks.spawn(async move {
-            if let Err(e) = dispatcher_http::serve(listener, router, stop).await {
+            if let Err(e) = dispatcher_http::serve(listener, router, &edge, stop).await {
                 tracing::error!(error = %e, "http server failed");
+            }
+        });
+    }
+    if let Some(addr) = &cfg.http.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("DISPATCHER_METRICS_ADDR: listening on {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().context("metrics address")?, "metrics listening");
+        let router = dispatcher_http::metrics_router(app.clone());
+        let edge = dispatcher_http::EdgeOptions {
+            max_connections: 64,
+            max_live_streams: 1,
+            ..Default::default()
+        };
+        let stop = stopped();
+        tasks.spawn(async move {
+            if let Err(e) = dispatcher_http::serve(listener, router, &edge, stop).await {
+                tracing::error!(error = %e, "metrics server failed");
             }
         });
     }
@@ -284,4 +341,34 @@ pub fn metrics_listener(addr: Option<&str>) -> anyhow::Result<()> {
         .context("serving /metrics")?;
     tracing::info!(%addr, "metrics listening");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_soft_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             127431               127431               processes \n\
+                    Max open files            256                  524288               files     \n";
+        assert_eq!(parse_open_file_limit(text), Some(256));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_file_limit(unlimited), Some(u64::MAX));
+        assert_eq!(parse_open_file_limit("nothing here"), None);
+        assert!(open_file_limit() > 0);
+    }
+
+    #[test]
+    fn admin_tokens_need_sixteen_characters_from_any_source() {
+        assert!(check_admin_token("x", "DISPATCHER_ADMIN_TOKEN").is_err());
+        assert!(check_admin_token("0123456789abcde", "DISPATCHER_ADMIN_TOKEN").is_err());
+        assert!(check_admin_token("0123456789abcdef", "DISPATCHER_ADMIN_TOKEN").is_ok());
+        let e = check_admin_token("short-secret", "DISPATCHER_ADMIN_TOKEN").expect_err("short");
+        assert!(
+            !format!("{e:#}").contains("short-secret"),
+            "the error never shows the token"
+        );
+    }
 }

@@ -8,6 +8,8 @@ mod browser;
 mod crash;
 #[path = "cli/delivery.rs"]
 mod delivery;
+#[path = "cli/edge.rs"]
+mod edge;
 #[path = "cli/forwarder_crash.rs"]
 mod forwarder_crash;
 #[path = "cli/outbox.rs"]

@@ -53,6 +53,7 @@ impl Default for Setup {
                 join_rate_per_ip: Rate::new(1_000.0, 1_000.0),
                 join_rate_per_user: Rate::new(1_000.0, 1_000.0),
                 request_rate_per_ip: Rate::new(10_000.0, 10_000.0),
+                admin_failure_rate: Rate::new(1_000.0, 1_000.0),
                 live: LiveOptions {
                     interval: Duration::from_millis(200),
                     ..Default::default()
@@ -235,8 +236,9 @@ impl Server {
         let mut tasks = Vec::new();
         let router = dispatcher_http::router(app.clone());
         let s = stopped(&stop);
+        let edge = app.opts.edge.clone();
         tasks.push(tokio::spawn(async move {
-            dispatcher_http::serve(listener, router, s)
+            dispatcher_http::serve(listener, router, &edge, s)
                 .await
                 .expect("http server");
         }));

@@ -4,6 +4,7 @@
 mod admin;
 mod bad_input;
 mod common;
+mod edge;
 mod flow;
 mod fuzz;
 mod limits;
