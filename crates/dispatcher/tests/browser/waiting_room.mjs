@@ -161,6 +161,27 @@ async function main() {
       }
     }
 
+    // The same admitted visitor, sent by a link whose `to` names an origin the server does not allow: the
+    // page must not follow it, offer it as a link, open the pass, or invite pasting the pass there.
+    const FOREIGN = "https://evil.example/checkout";
+    await page.goto(`${BASE}/wait/${encodeURIComponent(EVENT)}?to=${encodeURIComponent(FOREIGN)}`, { timeout: left() });
+    await waitFor(page, "the admitted view for a foreign target", (s) => s.phase === "admitted");
+    await sleep(1500);
+    const foreign = await page.evaluate(() => ({
+      msg: document.getElementById("admitted-msg").textContent,
+      linkShown: !document.getElementById("continue-wrap").hidden,
+      href: document.getElementById("continue").getAttribute("href"),
+      passOpen: document.getElementById("token-box").open,
+      marked: document.body.dataset.foreign || null,
+    }));
+    result.foreignTarget = { ...foreign, url: page.url().replace(/#.*/, "") };
+    if (!page.url().startsWith(BASE)) throw new Error(`the page followed a foreign target: ${page.url().replace(/#.*/, "#…")}`);
+    if (foreign.linkShown || (foreign.href || "").includes("evil.example")) throw new Error(`a foreign target is offered as a link: ${JSON.stringify(foreign)}`);
+    if (foreign.passOpen) throw new Error("the entry pass is laid open for a foreign target");
+    if (/give it your entry pass|if it asks for it/i.test(foreign.msg) || !/do not give it your entry pass/i.test(foreign.msg)) {
+      throw new Error(`the page must warn, never invite pasting the pass on evil.example: ${foreign.msg}`);
+    }
+
     // The dashboard, logged in, after it has watched the whole run.
     await dash.waitForSelector(`details.event[data-event="${EVENT}"][open]`, { timeout: left() });
     const dashText = await dash.textContent(`details.event[data-event="${EVENT}"]`);

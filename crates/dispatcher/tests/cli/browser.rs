@@ -311,6 +311,7 @@ fn browser_waiting_page_shows_the_position_falling_and_lands_on_the_target_with_
         "the page showed the position fall step by step: {result}"
     );
     assert_eq!(result["reloadSameTicket"], true);
+    assert_eq!(result["foreignTarget"]["linkShown"], false, "{result}");
     assert_eq!(result["path"], TARGET);
     assert_eq!(result["dashboardShowsEvent"], true, "{result}");
 
