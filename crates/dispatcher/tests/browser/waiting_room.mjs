@@ -178,7 +178,8 @@ async function main() {
     if (!page.url().startsWith(BASE)) throw new Error(`the page followed a foreign target: ${page.url().replace(/#.*/, "#…")}`);
     if (foreign.linkShown || (foreign.href || "").includes("evil.example")) throw new Error(`a foreign target is offered as a link: ${JSON.stringify(foreign)}`);
     if (foreign.passOpen) throw new Error("the entry pass is laid open for a foreign target");
-    if (/give it your entry pass|if it asks for it/i.test(foreign.msg) || !/do not give it your entry pass/i.test(foreign.msg)) {
+    const invites = foreign.msg.replace(/do not give it your entry pass/gi, "");
+    if (/give it your entry pass|if it asks for it|paste/i.test(invites) || !/do not give it your entry pass/i.test(foreign.msg)) {
       throw new Error(`the page must warn, never invite pasting the pass on evil.example: ${foreign.msg}`);
     }
 
