@@ -46,7 +46,8 @@ pub struct LiveBenchOptions {
     pub expiry_ttl_ms: u64,
     /// Share of the connections on the expiry event.
     pub expiry_share: f64,
-    /// Connections per loopback source address.
+    /// Connections per loopback source address (under the server's default caps of 32 live streams and 64
+    /// connections per address, which stay on).
     pub per_address: usize,
 }
 
@@ -62,7 +63,7 @@ impl Default for LiveBenchOptions {
             expiry_capacity: 20,
             expiry_ttl_ms: 1_000,
             expiry_share: 0.1,
-            per_address: 100,
+            per_address: 25,
         }
     }
 }

@@ -115,7 +115,10 @@ mod tests {
         let s: Slots<u8> = Slots::new(10, 2);
         let a1 = s.try_take(1).expect("first");
         let _a2 = s.try_take(1).expect("second");
-        assert_eq!(s.try_take(1).expect_err("over the share"), Refusal::PerAddress);
+        assert_eq!(
+            s.try_take(1).expect_err("over the share"),
+            Refusal::PerAddress
+        );
         // Another key is not affected.
         let _b = s.try_take(2).expect("other key");
         drop(a1);
