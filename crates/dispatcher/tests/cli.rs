@@ -10,6 +10,8 @@ mod crash;
 mod delivery;
 #[path = "cli/forwarder_crash.rs"]
 mod forwarder_crash;
+#[path = "cli/hardening.rs"]
+mod hardening;
 #[path = "cli/outbox.rs"]
 mod outbox;
 #[path = "cli/smoke.rs"]
