@@ -26,8 +26,9 @@ use crate::publish::{self, EntryValues, Published, StreamPublisher};
 use crate::snapshot::{Snapshot, Window};
 use crate::telemetry as m;
 
-/// How a relay runs. Defaults follow seed 002 where it has a knob.
-#[derive(Debug, Clone)]
+/// How a relay runs. Defaults follow seed 002 where it has a knob. `Debug` leaves the URLs out (they may
+/// hold passwords).
+#[derive(Clone)]
 pub struct RelayOptions {
     /// Postgres URL (`DATABASE_URL`).
     pub database_url: String,
@@ -83,6 +84,28 @@ impl Default for RelayOptions {
             connect_timeout: db::DEFAULT_CONNECT_TIMEOUT,
             owner: default_owner(),
         }
+    }
+}
+
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("database_url", &"<hidden>")
+            .field("redis_url", &"<hidden>")
+            .field("stream", &self.stream)
+            .field("maxlen", &self.maxlen)
+            .field("batch_size", &self.batch_size)
+            .field("tick", &self.tick)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry", &self.retry)
+            .field("lease", &self.lease)
+            .field("listen", &self.listen)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("max_rows_per_sec", &self.max_rows_per_sec)
+            .field("max_parked", &self.max_parked)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("owner", &self.owner)
+            .finish()
     }
 }
 
@@ -1391,6 +1414,20 @@ mod tests {
             let _ = b.spend(1);
             let _ = b.spend(usize::MAX);
         }
+    }
+
+    #[test]
+    fn debug_output_holds_no_url() {
+        let o = RelayOptions {
+            database_url: "postgres://app:pw-in-url@db/shop".into(),
+            redis_url: "redis://:pw-in-redis@r:6379".into(),
+            ..Default::default()
+        };
+        let d = format!("{o:?} {:?}", Relay::new(o.clone()).expect("valid"));
+        assert!(
+            !d.contains("pw-in-url") && !d.contains("pw-in-redis"),
+            "{d}"
+        );
     }
 
     #[test]
