@@ -63,6 +63,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::{DeliveryError, Result};
+use crate::guard::{self, Budget, Budgeted};
 use crate::store::{ClaimState, Store};
 use crate::telemetry;
 
@@ -130,6 +131,10 @@ pub struct ConsumerOptions {
     /// How long results (and so duplicate detection) are kept.
     pub retention: Duration,
     pub max_payload: u32,
+    /// Connections that have not authenticated yet, at most; more are closed at once.
+    pub max_handshakes: usize,
+    /// How long a connection has for the WebSocket upgrade and the hello/auth exchange altogether.
+    pub handshake_timeout: Duration,
 }
 
 impl ConsumerOptions {
@@ -141,6 +146,8 @@ impl ConsumerOptions {
             claim_ttl: Duration::from_secs(10),
             retention: Duration::from_secs(24 * 3600),
             max_payload: frame::DEFAULT_MAX_PAYLOAD,
+            max_handshakes: 64,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 
@@ -160,6 +167,16 @@ impl ConsumerOptions {
         }
         if self.window == 0 {
             return Err(DeliveryError::invalid("window must be positive"));
+        }
+        if self.max_handshakes == 0 || self.max_handshakes > 100_000 {
+            return Err(DeliveryError::invalid("max_handshakes must be 1 to 100000"));
+        }
+        if self.handshake_timeout < Duration::from_millis(100)
+            || self.handshake_timeout > Duration::from_secs(300)
+        {
+            return Err(DeliveryError::invalid(
+                "the handshake timeout must be from 100 ms to 300 s",
+            ));
         }
         Ok(())
     }
@@ -204,6 +221,7 @@ pub async fn serve<H: Handler>(
         running: Mutex::new(HashSet::new()),
     });
     let mut conns = JoinSet::new();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(ctx.opts.max_handshakes));
     loop {
         tokio::select! {
             acc = listener.accept() => {
@@ -215,11 +233,18 @@ pub async fn serve<H: Handler>(
                         continue;
                     }
                 };
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    // Too many connections are still in their handshake: refuse (close) this one.
+                    metrics::counter!(telemetry::HANDSHAKES_REFUSED).increment(1);
+                    tracing::warn!(peer = %peer, max = ctx.opts.max_handshakes, "too many unauthenticated connections; closed one");
+                    drop(sock);
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 conns.spawn(async move {
-                    if let Err(e) = connection(sock, ctx, shutdown).await {
+                    if let Err(e) = connection(sock, ctx, shutdown, permit).await {
                         tracing::info!(peer = %peer, error = %e, "dispatcher connection ended");
                     }
                 });
@@ -234,23 +259,34 @@ pub async fn serve<H: Handler>(
 
 use crate::link::refusal as refuse;
 
+/// One dispatcher connection. Until the dispatcher has proved the secret it holds one of the
+/// `max_handshakes` permits, has `handshake_timeout` for the upgrade and the hello/auth exchange, and
+/// can make us read at most [`PRE_AUTH_BYTES`](crate::guard::PRE_AUTH_BYTES) (whatever message size it
+/// announces); after, messages up to the protocol's maximum.
 async fn connection<H: Handler>(
     sock: TcpStream,
     ctx: Arc<Ctx<H>>,
     mut shutdown: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<()> {
-    let mut ws = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::accept_async(sock),
+    let deadline = tokio::time::Instant::now() + ctx.opts.handshake_timeout;
+    let late = || DeliveryError::protocol("no hello/auth within the handshake timeout");
+    let budget = Budget::pre_auth();
+    let max = ctx.opts.max_payload;
+    let mut ws = tokio::time::timeout_at(
+        deadline,
+        tokio_tungstenite::accept_async_with_config(
+            Budgeted::new(sock, budget.clone()),
+            Some(guard::ws_config(max)),
+        ),
     )
     .await
-    .map_err(|_| DeliveryError::protocol("websocket upgrade timed out"))??;
-    let max = ctx.opts.max_payload;
+    .map_err(|_| late())??;
 
     // Hello from the dispatcher; ours with our proof; then its proof.
-    let first = tokio::time::timeout(Duration::from_secs(5), crate::link::next_binary(&mut ws))
+    let first = tokio::time::timeout_at(deadline, crate::link::next_binary(&mut ws))
         .await
-        .map_err(|_| DeliveryError::protocol("no hello within 5 s"))??;
+        .map_err(|_| late())??;
     let mut hello = None;
     for f in frame::frames(&first, max) {
         match f {
@@ -299,9 +335,9 @@ async fn connection<H: Handler>(
     .map_err(|e| DeliveryError::invalid(format!("consumer id: {e}")))?;
     let _ = frame::encode(&Frame::Auth { proof: proof_c }, &mut out);
     ws.send(WsMessage::Binary(out.into())).await?;
-    let second = tokio::time::timeout(Duration::from_secs(5), crate::link::next_binary(&mut ws))
+    let second = tokio::time::timeout_at(deadline, crate::link::next_binary(&mut ws))
         .await
-        .map_err(|_| DeliveryError::protocol("no auth within 5 s"))??;
+        .map_err(|_| late())??;
     let mut verified = false;
     for f in frame::frames(&second, max) {
         let refusal = match f {
@@ -350,6 +386,8 @@ async fn connection<H: Handler>(
         return Err(DeliveryError::protocol(why));
     }
     tracing::info!(dispatcher = %dispatcher_id, "dispatcher authenticated");
+    budget.lift();
+    drop(permit);
 
     let (mut sink, mut stream) = ws.split();
     // Frames to send, and how many acks and nacks among them (each returns one credit).

@@ -8,6 +8,7 @@
 //! - [`lease`]: the watchdog rule (a pure function of the monotonic clock);
 //! - [`leader`]: the dispatcher side: leases, partitions, in-flight tracking, redelivery;
 //! - [`link`]: one dialled consumer connection (hello/auth, frames in and out);
+//! - [`guard`]: what an unauthenticated peer can make us read, and the WebSocket limits after it;
 //! - [`consumer`]: the consumer library (listen, authenticate, claim, handle, record, ack, credit);
 //! - [`bridge`]: pub/sub → stream ingest.
 //!
@@ -16,6 +17,7 @@
 pub mod bridge;
 pub mod consumer;
 pub mod error;
+pub mod guard;
 pub mod keys;
 pub mod leader;
 pub mod lease;

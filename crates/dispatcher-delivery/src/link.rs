@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::error::{DeliveryError, Result};
+use crate::guard::{self, Budget, Budgeted};
 use crate::telemetry;
 
 /// What a link tells the partition that owns a message.
@@ -190,10 +191,41 @@ pub async fn run(handle: Arc<LinkHandle>, ctx: LinkContext, mut shutdown: watch:
     }
 }
 
+/// Dials `url` (`ws://host[:port]/…`): TCP, then the WebSocket upgrade over a socket that reads at most
+/// [`guard::PRE_AUTH_BYTES`] until the consumer has proved the secret (`budget`).
+async fn dial(
+    url: &str,
+    max_payload: u32,
+    budget: Budget,
+) -> Result<tokio_tungstenite::WebSocketStream<Budgeted<tokio::net::TcpStream>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url
+        .into_client_request()
+        .map_err(|e| DeliveryError::invalid(format!("consumer URL: {e}")))?;
+    let host = request
+        .uri()
+        .host()
+        .ok_or_else(|| DeliveryError::invalid("consumer URL without a host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = request.uri().port_u16().unwrap_or(80);
+    let sock = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let _ = sock.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        request,
+        Budgeted::new(sock, budget),
+        Some(guard::ws_config(max_payload)),
+    )
+    .await?;
+    Ok(ws)
+}
+
 async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Result<()> {
-    let (mut ws, _) = tokio::time::timeout(
+    let budget = Budget::pre_auth();
+    let mut ws = tokio::time::timeout(
         Duration::from_secs(3),
-        tokio_tungstenite::connect_async_with_config(handle.url.as_str(), None, true),
+        dial(handle.url.as_str(), ctx.max_payload, budget.clone()),
     )
     .await
     .map_err(|_| DeliveryError::Io(std::io::Error::other("dial timed out")))??;
@@ -285,6 +317,8 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
             "consumer {consumer_id:?} failed the hello: wrong proof"
         )));
     }
+    // The consumer proved the secret: its messages are limited by the WebSocket settings from here on.
+    budget.lift();
     let proof_d = handshake::proof(
         &ctx.secret,
         Role::Dispatcher,
@@ -381,7 +415,14 @@ async fn connect_and_serve(handle: &Arc<LinkHandle>, ctx: &LinkContext) -> Resul
                         Err(_) => break,
                     }
                 }
-                sink.send(WsMessage::Binary(out.into())).await?;
+                if out.len() <= guard::MAX_MESSAGE_BYTES {
+                    sink.send(WsMessage::Binary(out.into())).await?;
+                } else {
+                    // Within the consumer's message limit: whole frames, several messages.
+                    for run in guard::split_messages(&out) {
+                        sink.send(WsMessage::Binary(run.to_vec().into())).await?;
+                    }
+                }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > Duration::from_secs(15) {

@@ -95,6 +95,28 @@ impl Default for HttpOptions {
     }
 }
 
+/// The state of an engine the process runs, as `/readyz` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineState {
+    /// Not running yet or no longer: waiting for a dependency (a database, a store) to answer.
+    Connecting,
+    /// Working.
+    Running,
+    /// Stopped (failed, or turned off while the process runs).
+    Stopped,
+}
+
+impl EngineState {
+    /// The word `/readyz` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineState::Connecting => "connecting",
+            EngineState::Running => "running",
+            EngineState::Stopped => "stopped",
+        }
+    }
+}
+
 /// Everything the handlers share.
 pub struct App<S> {
     /// The admission store.
@@ -118,6 +140,8 @@ pub struct App<S> {
     /// Events' settings as last seen, so a join can fail open while the store is down.
     settings: RwLock<HashMap<EventId, EventSettings>>,
     promoter_running: AtomicBool,
+    /// Other engines the process runs (e.g. `outbox`), by name, for `/readyz`.
+    engines: RwLock<std::collections::BTreeMap<String, EngineState>>,
     metrics: Option<PrometheusHandle>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -157,6 +181,7 @@ impl<S: AdmissionStore> App<S> {
             opts,
             settings: RwLock::new(HashMap::new()),
             promoter_running: AtomicBool::new(false),
+            engines: RwLock::new(std::collections::BTreeMap::new()),
             metrics,
             shutdown: tokio::sync::watch::Sender::new(false),
         })
@@ -175,6 +200,13 @@ impl<S: AdmissionStore> App<S> {
     /// Tells `/readyz` whether this process's promoter runs.
     pub fn set_promoter_running(&self, running: bool) {
         self.promoter_running.store(running, Ordering::Relaxed);
+    }
+
+    /// Tells `/readyz` the state of another engine this process runs (e.g. `"outbox"`): it is listed
+    /// under that name, and the process is ready only while every listed engine is
+    /// [`Running`](EngineState::Running).
+    pub fn set_engine_state(&self, name: &str, state: EngineState) {
+        self.engines.write().insert(name.to_owned(), state);
     }
 
     /// Remembers an event's settings (for fail-open decisions while the store is down).
@@ -469,11 +501,16 @@ async fn readyz<S: AdmissionStore>(State(app): State<Arc<App<S>>>) -> Response {
         Ok(Ok(_))
     );
     let promoter = app.promoter_running.load(Ordering::Relaxed);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "store": if store_ok { "ok" } else { "unreachable" },
         "promoter": if promoter { "running" } else { "stopped" },
     });
-    let status = if store_ok && promoter {
+    let mut engines_ok = true;
+    for (name, state) in app.engines.read().iter() {
+        engines_ok &= *state == EngineState::Running;
+        body[name.as_str()] = serde_json::Value::from(state.as_str());
+    }
+    let status = if store_ok && promoter && engines_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -65,28 +65,52 @@ impl Conn {
     }
 }
 
+/// How long connecting may take altogether (TCP, startup, authentication) unless told otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects to Postgres with unnamed statements only (see [`connect_with`]).
 pub async fn connect(url: &str, wake: Option<std::sync::Arc<Notify>>) -> Result<Conn> {
-    connect_with(url, wake, false).await
+    connect_within(url, wake, false, DEFAULT_CONNECT_TIMEOUT).await
 }
 
-/// Connects to Postgres; `prepared` keeps prepared statements in the session (not behind a
-/// transaction-mode pooler). Notifications received on the connection wake `wake` (when given). The
-/// connection is driven by a spawned task that ends when the client is dropped or the server goes away.
+/// Connects to Postgres within [`DEFAULT_CONNECT_TIMEOUT`] (see [`connect_within`]).
 pub async fn connect_with(
     url: &str,
     wake: Option<std::sync::Arc<Notify>>,
     prepared: bool,
 ) -> Result<Conn> {
+    connect_within(url, wake, prepared, DEFAULT_CONNECT_TIMEOUT).await
+}
+
+/// Connects to Postgres; `prepared` keeps prepared statements in the session (not behind a
+/// transaction-mode pooler). Notifications received on the connection wake `wake` (when given). The
+/// connection is driven by a spawned task that ends when the client is dropped or the server goes away.
+///
+/// The whole of connecting (TCP, startup, authentication) must finish within `timeout`, else
+/// [`OutboxError::ConnectTimeout`]: a server that accepts the connection and never answers would
+/// otherwise hold the caller forever (the URL's `connect_timeout` bounds the TCP connect only).
+pub async fn connect_within(
+    url: &str,
+    wake: Option<std::sync::Arc<Notify>>,
+    prepared: bool,
+    timeout: Duration,
+) -> Result<Conn> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| OutboxError::invalid(format!("bad DATABASE_URL: {e}")))?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
+        config.connect_timeout(Duration::from_secs(5).min(timeout));
     }
     config.keepalives_idle(Duration::from_secs(30));
     config.application_name("dispatcher-outbox");
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| {
+            OutboxError::ConnectTimeout(format!(
+                "no answer from the server within {} ms of connecting (DISPATCH_CONNECT_TIMEOUT_MS)",
+                timeout.as_millis()
+            ))
+        })??;
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         use futures_util::StreamExt;

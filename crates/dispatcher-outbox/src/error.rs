@@ -3,9 +3,14 @@
 /// What went wrong, by what the caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    /// Postgres failed or is unreachable; retry later.
+    /// Postgres failed or is unreachable; retry later. Shown with the server's message, SQLSTATE code,
+    /// detail and hint (tokio-postgres alone says only "db error").
+    #[error("postgres: {}", describe_postgres(.0))]
+    Postgres(tokio_postgres::Error),
+    /// Postgres did not finish connecting (TCP, TLS negotiation, startup and authentication) in time;
+    /// retry later.
     #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    ConnectTimeout(String),
     /// Redis failed or is unreachable; retry later.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -32,9 +37,43 @@ impl OutboxError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            OutboxError::Postgres(_) | OutboxError::Redis(_) | OutboxError::LeaseLost(_)
+            OutboxError::Postgres(_)
+                | OutboxError::ConnectTimeout(_)
+                | OutboxError::Redis(_)
+                | OutboxError::LeaseLost(_)
         )
     }
+}
+
+impl From<tokio_postgres::Error> for OutboxError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        OutboxError::Postgres(e)
+    }
+}
+
+/// A Postgres error with what the server said: `ERROR 22008: interval out of range (detail: …; hint:
+/// …)`, or tokio-postgres's own text and its cause (`error connecting to server: Connection refused`).
+/// Neither holds the connection string.
+pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        let extra: Vec<String> = [("detail", db.detail()), ("hint", db.hint())]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| format!("{k}: {v}")))
+            .collect();
+        if !extra.is_empty() {
+            s.push_str(&format!(" ({})", extra.join("; ")));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
 }
 
 /// The outbox's result type.

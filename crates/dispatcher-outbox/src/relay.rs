@@ -26,8 +26,9 @@ use crate::publish::{self, EntryValues, Published, StreamPublisher};
 use crate::snapshot::{Snapshot, Window};
 use crate::telemetry as m;
 
-/// How a relay runs. Defaults follow seed 002 where it has a knob.
-#[derive(Debug, Clone)]
+/// How a relay runs. Defaults follow seed 002 where it has a knob. `Debug` leaves the URLs out (they may
+/// hold passwords).
+#[derive(Clone)]
 pub struct RelayOptions {
     /// Postgres URL (`DATABASE_URL`).
     pub database_url: String,
@@ -55,6 +56,8 @@ pub struct RelayOptions {
     pub max_rows_per_sec: f64,
     /// Rows held back (waiting for a retry) before the reader pauses.
     pub max_parked: usize,
+    /// How long connecting to Postgres may take altogether (`DISPATCH_CONNECT_TIMEOUT_MS`).
+    pub connect_timeout: Duration,
     /// This relay's name in the lease table.
     pub owner: String,
 }
@@ -78,8 +81,31 @@ impl Default for RelayOptions {
             max_entry_bytes: 1024 * 1024,
             max_rows_per_sec: 0.0,
             max_parked: 100_000,
+            connect_timeout: db::DEFAULT_CONNECT_TIMEOUT,
             owner: default_owner(),
         }
+    }
+}
+
+impl std::fmt::Debug for RelayOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayOptions")
+            .field("database_url", &"<hidden>")
+            .field("redis_url", &"<hidden>")
+            .field("stream", &self.stream)
+            .field("maxlen", &self.maxlen)
+            .field("batch_size", &self.batch_size)
+            .field("tick", &self.tick)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry", &self.retry)
+            .field("lease", &self.lease)
+            .field("listen", &self.listen)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("max_rows_per_sec", &self.max_rows_per_sec)
+            .field("max_parked", &self.max_parked)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("owner", &self.owner)
+            .finish()
     }
 }
 
@@ -95,9 +121,22 @@ pub fn default_owner() -> String {
     )
 }
 
+/// The allowed range of `DISPATCH_MAX_ROWS_PER_SEC` (besides 0, no limit): from one row in about 17
+/// minutes to a million rows a second.
+pub const MAX_ROWS_PER_SEC_RANGE: (f64, f64) = (0.001, 1_000_000.0);
+
 impl RelayOptions {
-    /// Refuses settings that cannot work.
+    /// Refuses settings that cannot work, naming the setting and its allowed range.
     pub fn validate(&self) -> Result<()> {
+        fn ms_in(name: &str, v: Duration, lo: u64, hi: u64) -> Result<()> {
+            if v < Duration::from_millis(lo) || v > Duration::from_millis(hi) {
+                return Err(OutboxError::invalid(format!(
+                    "{name} must be from {lo} to {hi} (ms), not {}",
+                    v.as_millis()
+                )));
+            }
+            Ok(())
+        }
         if self.stream.is_empty() {
             return Err(OutboxError::invalid(
                 "DISPATCH_STREAM_NAME must not be empty",
@@ -108,33 +147,65 @@ impl RelayOptions {
                 "DISPATCH_BATCH_SIZE must be 1 to 10000",
             ));
         }
-        if self.max_attempts == 0 {
+        if self.max_attempts == 0 || self.max_attempts > 1_000 {
             return Err(OutboxError::invalid(
-                "DISPATCH_MAX_ATTEMPTS must be at least 1",
+                "DISPATCH_MAX_ATTEMPTS must be 1 to 1000",
             ));
         }
         if self.tick.is_zero() || self.tick > Duration::from_secs(60) {
             return Err(OutboxError::invalid("DISPATCH_TICK_MS must be 1 to 60000"));
         }
-        if self.lease < Duration::from_millis(500) {
-            return Err(OutboxError::invalid("the lease must be at least 500 ms"));
-        }
-        if self.max_entry_bytes < 1024 {
+        ms_in("DISPATCH_LEASE_MS", self.lease, 500, 600_000)?;
+        ms_in("DISPATCH_RETRY_BASE_MS", self.retry.base, 1, 3_600_000)?;
+        ms_in("DISPATCH_RETRY_MAX_MS", self.retry.max, 1, 86_400_000)?;
+        ms_in(
+            "DISPATCH_CONNECT_TIMEOUT_MS",
+            self.connect_timeout,
+            100,
+            300_000,
+        )?;
+        if self.maxlen > 10_000_000_000 {
             return Err(OutboxError::invalid(
-                "the entry size limit must be at least 1024 bytes",
+                "REDIS_STREAM_MAXLEN must be 0 (no trimming) to 10000000000",
             ));
         }
-        if !self.max_rows_per_sec.is_finite() || self.max_rows_per_sec < 0.0 {
-            return Err(OutboxError::invalid("the rate limit must be a number ≥ 0"));
+        if self.max_entry_bytes < 1024 || self.max_entry_bytes > 512 * 1024 * 1024 {
+            return Err(OutboxError::invalid(
+                "DISPATCH_MAX_ENTRY_BYTES must be from 1024 to 536870912 (512 MiB, Redis's largest value)",
+            ));
+        }
+        let (lo, hi) = MAX_ROWS_PER_SEC_RANGE;
+        let rate = self.max_rows_per_sec;
+        if !(rate == 0.0 || (lo..=hi).contains(&rate)) {
+            return Err(OutboxError::invalid(format!(
+                "DISPATCH_MAX_ROWS_PER_SEC must be 0 (no limit) or from {lo} to {hi} rows/s, not {rate:?}"
+            )));
+        }
+        if self.max_parked == 0 || self.max_parked > 10_000_000 {
+            return Err(OutboxError::invalid(
+                "the parked-row limit must be 1 to 10000000",
+            ));
         }
         Ok(())
     }
+}
+
+/// What a relay is doing, for readiness checks (`/readyz` of `serve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayState {
+    /// Not (yet, or no longer) connected: Postgres or Redis is unreachable, or a session is restarting.
+    Connecting,
+    /// A session holds its share of the partitions and publishes.
+    Running,
+    /// [`Relay::run`] returned.
+    Stopped,
 }
 
 /// The relay. [`run`](Relay::run) until the shutdown signal turns true.
 #[derive(Debug)]
 pub struct Relay {
     opts: RelayOptions,
+    state: watch::Sender<RelayState>,
 }
 
 enum SessionEnd {
@@ -145,12 +216,75 @@ enum SessionEnd {
 impl Relay {
     pub fn new(opts: RelayOptions) -> Result<Self> {
         opts.validate()?;
-        Ok(Relay { opts })
+        Ok(Relay {
+            opts,
+            state: watch::Sender::new(RelayState::Connecting),
+        })
+    }
+
+    /// What the relay is doing, updated as it connects, runs sessions and stops.
+    pub fn state(&self) -> watch::Receiver<RelayState> {
+        self.state.subscribe()
+    }
+
+    /// Connects to Postgres within the connect timeout, or gives up when `shutdown` turns true first
+    /// (`Ok(None)`).
+    async fn connect_or_stop(
+        &self,
+        wake: Option<Arc<Notify>>,
+        prepared: bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<db::Conn>> {
+        let o = &self.opts;
+        tokio::select! {
+            c = db::connect_within(&o.database_url, wake, prepared, o.connect_timeout) => c.map(Some),
+            _ = shutdown.wait_for(|s| *s) => Ok(None),
+        }
+    }
+
+    /// Waits until Postgres answers and the schema is there, retrying what may pass (unreachable, no
+    /// answer in time) with backoff; a missing or newer schema and bad settings end the relay at once.
+    /// `Ok(false)`: shutdown came first.
+    async fn first_connect(&self, shutdown: &mut watch::Receiver<bool>) -> Result<bool> {
+        let mut tries = 0u32;
+        loop {
+            let checked = match self.connect_or_stop(None, false, shutdown).await {
+                Ok(None) => return Ok(false),
+                Ok(Some(client)) => crate::schema::check(&client).await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => return Ok(true),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tries = tries.saturating_add(1);
+                    let wait = Backoff {
+                        base: Duration::from_millis(200),
+                        max: Duration::from_secs(5),
+                    }
+                    .next(tries);
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres unavailable at start; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|s| *s) => return Ok(false),
+                    }
+                }
+            }
+        }
     }
 
     /// Runs sessions until `shutdown` is true; on shutdown, publishes and settles what was read, stores
     /// the checkpoints and releases the leases so other relays take over at once.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let r = self.run_inner(&mut shutdown).await;
+        self.state.send_replace(RelayState::Stopped);
+        r
+    }
+
+    async fn run_inner(&self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        if !self.first_connect(shutdown).await? {
+            return Ok(());
+        }
         let conn = {
             let mut tries = 0u32;
             loop {
@@ -187,6 +321,7 @@ impl Relay {
                 Ok(SessionEnd::Shutdown) => break Ok(()),
                 Ok(SessionEnd::Rebalance) => failures = 0,
                 Err(e) => {
+                    self.state.send_replace(RelayState::Connecting);
                     metrics::counter!(m::TICKS, "result" => "error").increment(1);
                     failures = failures.saturating_add(1);
                     let wait = Backoff {
@@ -203,9 +338,17 @@ impl Relay {
             }
         };
         monitor.abort();
-        if let Ok(client) = db::connect(&self.opts.database_url, None).await {
-            let _ = db::deregister(&client, &self.opts.owner).await;
-        }
+        // Leaving the relay table is a courtesy (others see this relay gone sooner); a Postgres that does
+        // not answer must not hold the shutdown.
+        let deregister = async {
+            let timeout = self.opts.connect_timeout.min(Duration::from_secs(2));
+            if let Ok(client) =
+                db::connect_within(&self.opts.database_url, None, false, timeout).await
+            {
+                let _ = db::deregister(&client, &self.opts.owner).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), deregister).await;
         metrics::gauge!(m::LEASES).set(0.0);
         outcome
     }
@@ -219,9 +362,15 @@ impl Relay {
         let wake = Arc::new(Notify::new());
         // Prepared statements save the planning of every window query; poll-only mode (behind a
         // transaction-mode pooler) keeps nothing in the session.
-        let reader_client =
-            db::connect_with(&o.database_url, o.listen.then(|| wake.clone()), o.listen).await?;
-        let settle_client = db::connect_with(&o.database_url, None, o.listen).await?;
+        let Some(reader_client) = self
+            .connect_or_stop(o.listen.then(|| wake.clone()), o.listen, &mut shutdown)
+            .await?
+        else {
+            return Ok(SessionEnd::Shutdown);
+        };
+        let Some(settle_client) = self.connect_or_stop(None, o.listen, &mut shutdown).await? else {
+            return Ok(SessionEnd::Shutdown);
+        };
         crate::schema::check(&reader_client).await?;
         db::heartbeat(&settle_client, &o.owner).await?;
         let (live, _) = db::fair_share(&settle_client, o.lease).await?;
@@ -232,6 +381,7 @@ impl Relay {
         let parts: Vec<i16> = held.iter().map(|h| h.partition).collect();
         metrics::gauge!(m::LEASES).set(held.len() as f64);
         tracing::info!(owner = %o.owner, partitions = ?parts, relays = live, "relay session started");
+        self.state.send_replace(RelayState::Running);
         if o.listen {
             reader_client
                 .batch_execute("LISTEN dispatcher_outbox")
@@ -259,7 +409,7 @@ impl Relay {
         let reader = Reader {
             client: reader_client,
             groups: groups_from(&held),
-            batch: o.batch_size as i64,
+            batch: page_limit(o.batch_size, o.max_rows_per_sec) as i64,
             tick: o.tick,
             wake: wake.clone(),
             tx: rows_tx,
@@ -457,7 +607,12 @@ impl Reader {
                 metrics::histogram!(m::TICK_DURATION).record(started.elapsed().as_secs_f64());
                 idle_wait = Duration::from_millis(1);
                 if let Some(pause) = budget.spend(rows) {
-                    tokio::time::sleep(pause).await;
+                    // Inside the select: a pause of minutes at a tiny rate must not hold a shutdown.
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    continue;
                 }
                 if !self.backlog() {
                     // Caught up while rows keep arriving: linger a moment so that the next pass carries
@@ -588,6 +743,20 @@ impl Reader {
     }
 }
 
+/// Rows per read with `max_rows_per_sec` set: at most one second's worth (at least one row), so that the
+/// first page is paced like every later one instead of going out whole.
+fn page_limit(batch_size: usize, rate: f64) -> usize {
+    if rate <= 0.0 {
+        return batch_size;
+    }
+    let per_sec = if rate >= batch_size as f64 {
+        batch_size
+    } else {
+        rate.floor() as usize
+    };
+    per_sec.clamp(1, batch_size.max(1))
+}
+
 /// A token bucket for `max_rows_per_sec`.
 struct RateBudget {
     rate: f64,
@@ -604,17 +773,20 @@ impl RateBudget {
         }
     }
 
-    /// Records `rows`; returns how long to pause to stay within the rate.
+    /// Records `rows`; returns how long to pause to stay within the rate. Never panics, whatever the
+    /// rate (a pause too long for a `Duration` is the longest one).
     fn spend(&mut self, rows: usize) -> Option<Duration> {
-        if self.rate <= 0.0 {
+        if self.rate.is_nan() || self.rate <= 0.0 || self.rate.is_infinite() {
             return None;
         }
         self.spent += rows as f64;
-        let due = Duration::from_secs_f64(self.spent / self.rate);
+        let due = Duration::try_from_secs_f64(self.spent / self.rate).unwrap_or(Duration::MAX);
         let elapsed = self.started.elapsed();
-        if elapsed > due + Duration::from_secs(1) {
+        if elapsed > due.saturating_add(Duration::from_secs(1)) {
             // Idle for a while: no burst credit beyond a second.
-            self.started = Instant::now() - Duration::from_secs(1);
+            self.started = Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now);
             self.spent = self.rate;
         }
         due.checked_sub(elapsed).filter(|d| !d.is_zero())
@@ -1226,5 +1398,149 @@ mod tests {
         let pause = b.spend(500).expect("half a second of rows");
         assert!(pause > Duration::from_millis(400) && pause <= Duration::from_millis(500));
         assert!(RateBudget::new(0.0).spend(1_000_000).is_none());
+    }
+
+    #[test]
+    fn rate_budget_never_panics() {
+        for rate in [
+            1e-300,
+            f64::MIN_POSITIVE,
+            1e-9,
+            f64::NAN,
+            f64::INFINITY,
+            -1.0,
+        ] {
+            let mut b = RateBudget::new(rate);
+            let _ = b.spend(1);
+            let _ = b.spend(usize::MAX);
+        }
+    }
+
+    #[test]
+    fn debug_output_holds_no_url() {
+        let o = RelayOptions {
+            database_url: "postgres://app:pw-in-url@db/shop".into(),
+            redis_url: "redis://:pw-in-redis@r:6379".into(),
+            ..Default::default()
+        };
+        let d = format!("{o:?} {:?}", Relay::new(o.clone()).expect("valid"));
+        assert!(
+            !d.contains("pw-in-url") && !d.contains("pw-in-redis"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn the_first_page_is_paced() {
+        assert_eq!(page_limit(1000, 0.0), 1000, "no limit: whole pages");
+        assert_eq!(
+            page_limit(1000, 0.001),
+            1,
+            "a tiny rate reads one row at a time"
+        );
+        assert_eq!(page_limit(1000, 10.5), 10, "one second's worth");
+        assert_eq!(page_limit(1000, 1e6), 1000, "never more than the batch");
+        let mut b = RateBudget::new(10.0);
+        let pause = b
+            .spend(page_limit(1000, 10.0))
+            .expect("the first page pauses");
+        assert!(pause > Duration::from_millis(900), "{pause:?}");
+    }
+
+    #[test]
+    fn absurd_settings_are_refused_with_their_name() {
+        let ok = RelayOptions::default();
+        ok.validate().expect("defaults are valid");
+        for (opts, name) in [
+            (
+                RelayOptions {
+                    max_rows_per_sec: 1e-300,
+                    ..ok.clone()
+                },
+                "DISPATCH_MAX_ROWS_PER_SEC",
+            ),
+            (
+                RelayOptions {
+                    max_rows_per_sec: 1e12,
+                    ..ok.clone()
+                },
+                "DISPATCH_MAX_ROWS_PER_SEC",
+            ),
+            (
+                RelayOptions {
+                    max_rows_per_sec: f64::NAN,
+                    ..ok.clone()
+                },
+                "DISPATCH_MAX_ROWS_PER_SEC",
+            ),
+            (
+                RelayOptions {
+                    lease: Duration::from_millis(u64::MAX),
+                    ..ok.clone()
+                },
+                "DISPATCH_LEASE_MS",
+            ),
+            (
+                RelayOptions {
+                    lease: Duration::from_millis(100),
+                    ..ok.clone()
+                },
+                "DISPATCH_LEASE_MS",
+            ),
+            (
+                RelayOptions {
+                    max_attempts: u32::MAX,
+                    ..ok.clone()
+                },
+                "DISPATCH_MAX_ATTEMPTS",
+            ),
+            (
+                RelayOptions {
+                    maxlen: u64::MAX,
+                    ..ok.clone()
+                },
+                "REDIS_STREAM_MAXLEN",
+            ),
+            (
+                RelayOptions {
+                    max_entry_bytes: usize::MAX,
+                    ..ok.clone()
+                },
+                "DISPATCH_MAX_ENTRY_BYTES",
+            ),
+            (
+                RelayOptions {
+                    connect_timeout: Duration::from_secs(86_400),
+                    ..ok.clone()
+                },
+                "DISPATCH_CONNECT_TIMEOUT_MS",
+            ),
+            (
+                RelayOptions {
+                    connect_timeout: Duration::ZERO,
+                    ..ok.clone()
+                },
+                "DISPATCH_CONNECT_TIMEOUT_MS",
+            ),
+            (
+                RelayOptions {
+                    retry: Backoff {
+                        base: Duration::from_millis(1),
+                        max: Duration::from_millis(u64::MAX),
+                    },
+                    ..ok.clone()
+                },
+                "DISPATCH_RETRY_MAX_MS",
+            ),
+        ] {
+            let e = opts.validate().expect_err(name).to_string();
+            assert!(e.contains(name), "{e}");
+        }
+        let edge = RelayOptions {
+            max_rows_per_sec: 0.001,
+            lease: Duration::from_secs(600),
+            ..ok.clone()
+        };
+        edge.validate().expect("the ends of the ranges are allowed");
     }
 }

@@ -205,8 +205,12 @@ pub struct OutboxConfig {
     pub retry_max_ms: u64,
     /// Largest stream entry; a bigger row goes dead at once. Env: `DISPATCH_MAX_ENTRY_BYTES`.
     pub max_entry_bytes: usize,
-    /// Most rows per second one relay publishes (0 = no limit). Env: `DISPATCH_MAX_ROWS_PER_SEC`.
+    /// Most rows per second one relay publishes (0 = no limit, else 0.001 to 1000000). Env:
+    /// `DISPATCH_MAX_ROWS_PER_SEC`.
     pub max_rows_per_sec: f64,
+    /// How long connecting to Postgres may take altogether (TCP, startup, authentication), ms. Env:
+    /// `DISPATCH_CONNECT_TIMEOUT_MS`.
+    pub connect_timeout_ms: u64,
     /// Where `outbox run` serves `/metrics` (none by default). Env: `DISPATCHER_METRICS_ADDR`.
     pub metrics_addr: Option<String>,
 }
@@ -229,6 +233,7 @@ impl Default for OutboxConfig {
             retry_max_ms: 300_000,
             max_entry_bytes: 1024 * 1024,
             max_rows_per_sec: 0.0,
+            connect_timeout_ms: 10_000,
             metrics_addr: None,
         }
     }
@@ -276,6 +281,12 @@ pub struct DeliveryConfig {
     pub claim_ttl_ms: u64,
     /// Consumer: how long results are kept (and duplicates recognised), seconds.
     pub result_retention_secs: u64,
+    /// Consumer: connections still in their WebSocket upgrade or hello/auth at once; more are closed at
+    /// once. Env: `DISPATCHER_CONSUMER_MAX_HANDSHAKES`.
+    pub max_handshakes: usize,
+    /// Consumer: how long a connection has for the upgrade and hello/auth altogether, ms. Env:
+    /// `DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS`.
+    pub handshake_timeout_ms: u64,
     /// Where `delivery run` and `consumer` serve `/metrics` (none by default). Env:
     /// `DISPATCHER_METRICS_ADDR`.
     pub metrics_addr: Option<String>,
@@ -300,6 +311,8 @@ impl Default for DeliveryConfig {
             window: 2_048,
             claim_ttl_ms: 10_000,
             result_retention_secs: 86_400,
+            max_handshakes: 64,
+            handshake_timeout_ms: 10_000,
             metrics_addr: None,
         }
     }
@@ -487,6 +500,9 @@ impl Config {
         if let Some(v) = get("DISPATCH_MAX_ROWS_PER_SEC") {
             o.max_rows_per_sec = num("DISPATCH_MAX_ROWS_PER_SEC", &v)?;
         }
+        if let Some(v) = get("DISPATCH_CONNECT_TIMEOUT_MS") {
+            o.connect_timeout_ms = num("DISPATCH_CONNECT_TIMEOUT_MS", &v)?;
+        }
         if let Some(v) = get("DISPATCHER_METRICS_ADDR") {
             o.metrics_addr = Some(v);
         }
@@ -626,6 +642,12 @@ impl Config {
         if let Some(v) = get("DISPATCHER_CONSUMER_WINDOW") {
             d.window = num("DISPATCHER_CONSUMER_WINDOW", &v)?;
         }
+        if let Some(v) = get("DISPATCHER_CONSUMER_MAX_HANDSHAKES") {
+            d.max_handshakes = num("DISPATCHER_CONSUMER_MAX_HANDSHAKES", &v)?;
+        }
+        if let Some(v) = get("DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS") {
+            d.handshake_timeout_ms = num("DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS", &v)?;
+        }
         Ok(())
     }
 
@@ -658,6 +680,7 @@ impl Config {
             listen: o.listen,
             max_entry_bytes: o.max_entry_bytes,
             max_rows_per_sec: o.max_rows_per_sec,
+            connect_timeout: std::time::Duration::from_millis(o.connect_timeout_ms),
             ..Default::default()
         };
         opts.validate().context("outbox settings")?;
@@ -695,22 +718,187 @@ impl Config {
         if self.http.live_interval_ms < 100 || self.http.live_interval_ms > 60_000 {
             bail!("http.live_interval_ms must be between 100 and 60000");
         }
+        for (name, v) in [
+            ("http.join_rate_per_ip", self.http.join_rate_per_ip),
+            ("http.join_burst_per_ip", self.http.join_burst_per_ip),
+            ("http.join_rate_per_user", self.http.join_rate_per_user),
+            ("http.join_burst_per_user", self.http.join_burst_per_user),
+            ("http.request_rate_per_ip", self.http.request_rate_per_ip),
+            ("http.request_burst_per_ip", self.http.request_burst_per_ip),
+        ] {
+            if v > 1e9 {
+                bail!("{name} must be at most 1000000000, not {v}");
+            }
+        }
         self.validate_http_edge()?;
-        if self.forwarder.reclaim_min_idle_ms == 0 {
-            bail!("forwarder.reclaim_min_idle_ms must be positive");
-        }
+        let p = &self.promoter;
+        let f = &self.forwarder;
+        let o = &self.outbox;
         let d = &self.delivery;
-        if d.partitions == 0 || d.partitions > 1024 {
-            bail!("delivery.partitions must be between 1 and 1024");
+        // Every count and duration has an upper bound: a huge value would overflow later (a Postgres
+        // interval, a Redis TTL, a Duration) instead of being refused here with its name.
+        let bounds: [(&str, u64, u64, u64); 27] = [
+            (
+                "entry_stream_maxlen (DISPATCHER_ENTRY_STREAM_MAXLEN)",
+                self.entry_stream_maxlen,
+                0,
+                10_000_000_000,
+            ),
+            (
+                "promoter.sweep_interval_ms",
+                p.sweep_interval_ms,
+                1,
+                3_600_000,
+            ),
+            ("promoter.max_sleep_ms", p.max_sleep_ms, 1, 60_000),
+            ("promoter.concurrency", p.concurrency as u64, 1, 10_000),
+            (
+                "forwarder.dispatch_maxlen",
+                f.dispatch_maxlen,
+                0,
+                1_000_000_000,
+            ),
+            (
+                "forwarder.reclaim_min_idle_ms",
+                f.reclaim_min_idle_ms,
+                1,
+                86_400_000,
+            ),
+            ("outbox.tick_ms (DISPATCH_TICK_MS)", o.tick_ms, 1, 60_000),
+            (
+                "outbox.batch_size (DISPATCH_BATCH_SIZE)",
+                o.batch_size as u64,
+                1,
+                10_000,
+            ),
+            (
+                "outbox.max_attempts (DISPATCH_MAX_ATTEMPTS)",
+                u64::from(o.max_attempts),
+                1,
+                1_000,
+            ),
+            (
+                "outbox.stream_maxlen (REDIS_STREAM_MAXLEN)",
+                o.stream_maxlen,
+                0,
+                10_000_000_000,
+            ),
+            (
+                "outbox.retention_days (OUTBOX_RETENTION_DAYS)",
+                u64::from(o.retention_days),
+                0,
+                36_500,
+            ),
+            (
+                "outbox.dlq_retention_days (DLQ_RETENTION_DAYS)",
+                u64::from(o.dlq_retention_days),
+                0,
+                36_500,
+            ),
+            (
+                "outbox.lease_ms (DISPATCH_LEASE_MS)",
+                o.lease_ms,
+                500,
+                600_000,
+            ),
+            (
+                "outbox.retry_base_ms (DISPATCH_RETRY_BASE_MS)",
+                o.retry_base_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "outbox.retry_max_ms (DISPATCH_RETRY_MAX_MS)",
+                o.retry_max_ms,
+                1,
+                86_400_000,
+            ),
+            (
+                "outbox.max_entry_bytes (DISPATCH_MAX_ENTRY_BYTES)",
+                o.max_entry_bytes as u64,
+                1024,
+                512 * 1024 * 1024,
+            ),
+            (
+                "outbox.connect_timeout_ms (DISPATCH_CONNECT_TIMEOUT_MS)",
+                o.connect_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "delivery.partitions (DISPATCHER_DELIVERY_PARTITIONS)",
+                u64::from(d.partitions),
+                1,
+                1024,
+            ),
+            (
+                "delivery.lease_ttl_ms (DISPATCHER_LEASE_TTL_MS)",
+                d.lease_ttl_ms,
+                200,
+                600_000,
+            ),
+            (
+                "delivery.ack_timeout_ms (DISPATCHER_ACK_TIMEOUT_MS)",
+                d.ack_timeout_ms,
+                100,
+                86_400_000,
+            ),
+            (
+                "delivery.max_attempts (DISPATCHER_DELIVERY_MAX_ATTEMPTS)",
+                u64::from(d.max_attempts),
+                1,
+                1_000,
+            ),
+            ("delivery.read_batch", d.read_batch as u64, 1, 100_000),
+            (
+                "delivery.max_in_flight",
+                d.max_in_flight as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "delivery.window (DISPATCHER_CONSUMER_WINDOW)",
+                u64::from(d.window),
+                1,
+                1_000_000,
+            ),
+            (
+                "delivery.max_handshakes (DISPATCHER_CONSUMER_MAX_HANDSHAKES)",
+                d.max_handshakes as u64,
+                1,
+                100_000,
+            ),
+            (
+                "delivery.handshake_timeout_ms (DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS)",
+                d.handshake_timeout_ms,
+                100,
+                300_000,
+            ),
+            (
+                "delivery.claim_ttl_ms (DISPATCHER_CLAIM_TTL_MS)",
+                d.claim_ttl_ms,
+                100,
+                86_400_000,
+            ),
+        ];
+        for (name, v, lo, hi) in bounds {
+            if !(lo..=hi).contains(&v) {
+                bail!("{name} must be from {lo} to {hi}, not {v}");
+            }
         }
-        if d.lease_ttl_ms < 200 || d.lease_ttl_ms > 600_000 {
-            bail!("delivery.lease_ttl_ms must be between 200 and 600000");
+        if !(1..=3_650 * 86_400).contains(&d.result_retention_secs) {
+            bail!(
+                "delivery.result_retention_secs must be from 1 to {}, not {}",
+                3_650 * 86_400,
+                d.result_retention_secs
+            );
         }
-        if d.ack_timeout_ms < 100 || d.max_attempts == 0 || d.window == 0 || d.read_batch == 0 {
-            bail!("delivery: ack_timeout_ms ≥ 100; max_attempts, window and read_batch positive");
-        }
-        if self.promoter.concurrency == 0 {
-            bail!("promoter.concurrency must be positive");
+        let (lo, hi) = dispatcher_outbox::relay::MAX_ROWS_PER_SEC_RANGE;
+        let rate = o.max_rows_per_sec;
+        if !(rate == 0.0 || (lo..=hi).contains(&rate)) {
+            bail!(
+                "outbox.max_rows_per_sec (DISPATCH_MAX_ROWS_PER_SEC) must be 0 (no limit) or from {lo} to {hi} rows/s, not {rate:?}"
+            );
         }
         for e in &self.events {
             e.settings
@@ -808,5 +996,60 @@ session_ttl_ms = 900000
         let e = Config::load(None, &env(&[("DISPATCHER_SHARDS", "many")])).expect_err("bad env");
         assert!(format!("{e:#}").contains("DISPATCHER_SHARDS"));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn every_count_and_duration_has_an_upper_bound() {
+        let max = u64::MAX.to_string();
+        for name in [
+            "DISPATCH_LEASE_MS",
+            "DISPATCH_TICK_MS",
+            "DISPATCH_RETRY_BASE_MS",
+            "DISPATCH_RETRY_MAX_MS",
+            "DISPATCH_CONNECT_TIMEOUT_MS",
+            "DISPATCHER_ENTRY_STREAM_MAXLEN",
+            "REDIS_STREAM_MAXLEN",
+            "DISPATCHER_LEASE_TTL_MS",
+            "DISPATCHER_ACK_TIMEOUT_MS",
+            "DISPATCHER_CLAIM_TTL_MS",
+            "DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS",
+            "DISPATCHER_CONSUMER_MAX_HANDSHAKES",
+        ] {
+            let e = Config::load(None, &env(&[(name, &max)])).expect_err(name);
+            let e = format!("{e:#}");
+            assert!(e.contains(name) && e.contains(" to "), "{name}: {e}");
+        }
+        // Narrower types: the largest value they hold is refused too.
+        for (name, v) in [
+            ("DISPATCH_MAX_ATTEMPTS", u32::MAX.to_string()),
+            ("OUTBOX_RETENTION_DAYS", u32::MAX.to_string()),
+            ("DLQ_RETENTION_DAYS", u32::MAX.to_string()),
+            ("DISPATCH_BATCH_SIZE", usize::MAX.to_string()),
+            ("DISPATCH_MAX_ENTRY_BYTES", usize::MAX.to_string()),
+            ("DISPATCHER_DELIVERY_MAX_ATTEMPTS", u16::MAX.to_string()),
+            ("DISPATCHER_CONSUMER_WINDOW", u32::MAX.to_string()),
+            ("DISPATCH_MAX_ROWS_PER_SEC", "1e-300".to_owned()),
+            ("DISPATCH_MAX_ROWS_PER_SEC", "1e300".to_owned()),
+            ("DISPATCH_MAX_ROWS_PER_SEC", "NaN".to_owned()),
+            ("DISPATCHER_JOIN_RATE_PER_IP", "1e300".to_owned()),
+        ] {
+            let e = Config::load(None, &env(&[(name, &v)])).expect_err(name);
+            assert!(
+                format!("{e:#}").contains(name) || name.contains("JOIN_RATE"),
+                "{name}: {e:#}"
+            );
+        }
+        // The ends of the ranges are accepted.
+        let c = Config::load(
+            None,
+            &env(&[
+                ("DISPATCH_LEASE_MS", "600000"),
+                ("DISPATCH_MAX_ROWS_PER_SEC", "0.001"),
+                ("DISPATCH_CONNECT_TIMEOUT_MS", "300000"),
+                ("DISPATCHER_ACK_TIMEOUT_MS", "86400000"),
+            ]),
+        )
+        .expect("bounds are inclusive");
+        assert_eq!(c.outbox.lease_ms, 600_000);
     }
 }

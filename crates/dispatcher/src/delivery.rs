@@ -92,10 +92,39 @@ fn secret(cfg: &Config) -> anyhow::Result<Vec<u8>> {
              or DISPATCHER_SHARED_SECRET"
         );
     };
-    if s.len() < 16 {
-        bail!("the shared secret must be at least 16 bytes");
-    }
+    check_secret(&s)?;
     Ok(s)
+}
+
+/// Least bytes of a shared secret once surrounding blanks are trimmed.
+const SECRET_MIN_BYTES: usize = 16;
+/// Least distinct byte values in a shared secret.
+const SECRET_MIN_DISTINCT: usize = 8;
+
+/// Refuses a shared secret that is guessable by its shape: shorter than [`SECRET_MIN_BYTES`] once
+/// surrounding blanks are trimmed (a whitespace-only value is empty), or with fewer than
+/// [`SECRET_MIN_DISTINCT`] distinct bytes (`aaaaaaaaaaaaaaaa`). The message never shows the secret.
+fn check_secret(secret: &[u8]) -> anyhow::Result<()> {
+    let trimmed = secret.trim_ascii();
+    if trimmed.len() < SECRET_MIN_BYTES {
+        bail!(
+            "the shared secret must be at least {SECRET_MIN_BYTES} bytes, not counting surrounding blanks \
+             (it has {}); generate one with e.g. `openssl rand -hex 32`",
+            trimmed.len()
+        );
+    }
+    let mut seen = [false; 256];
+    for b in trimmed {
+        seen[usize::from(*b)] = true;
+    }
+    let distinct = seen.iter().filter(|s| **s).count();
+    if distinct < SECRET_MIN_DISTINCT {
+        bail!(
+            "the shared secret must use at least {SECRET_MIN_DISTINCT} different byte values (it uses \
+             {distinct}); generate one with e.g. `openssl rand -hex 32`"
+        );
+    }
+    Ok(())
 }
 
 fn partitioning(cfg: &Config) -> anyhow::Result<Partitioning> {
@@ -309,6 +338,8 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
     opts.window = d.window;
     opts.claim_ttl = Duration::from_millis(d.claim_ttl_ms);
     opts.retention = Duration::from_secs(d.result_retention_secs);
+    opts.max_handshakes = d.max_handshakes;
+    opts.handshake_timeout = Duration::from_millis(d.handshake_timeout_ms);
     let log = match &a.run_log {
         Some(p) => Some(Mutex::new(
             std::fs::OpenOptions::new()
@@ -331,4 +362,34 @@ pub async fn consumer(a: ConsumerArgs) -> anyhow::Result<()> {
     consumer::serve(listener, store, opts, handler, shutdown_on_signal())
         .await
         .context("consumer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_secret;
+
+    #[test]
+    fn weak_shared_secrets_are_refused_without_showing_them() {
+        for (secret, needle) in [
+            (&b""[..], "at least 16 bytes"),
+            (b"                                ", "at least 16 bytes"),
+            (b" \t\n \r\n                       ", "at least 16 bytes"),
+            (b"   short-secret      ", "at least 16 bytes"),
+            (b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "different byte values"),
+            (b"abababababababababababababababab", "different byte values"),
+            (b"abcdefgabcdefgabcdefg", "different byte values"),
+        ] {
+            let e = check_secret(secret).expect_err(needle).to_string();
+            assert!(e.contains(needle), "{e}");
+            if secret.trim_ascii().len() >= 4 {
+                assert!(
+                    !e.contains(std::str::from_utf8(secret.trim_ascii()).expect("ascii")),
+                    "{e}"
+                );
+            }
+        }
+        check_secret(b"0123456789abcdef").expect("16 bytes, 16 distinct values");
+        check_secret(b"abcdefghabcdefgh").expect("16 bytes, 8 distinct values");
+        check_secret(&[0u8, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7]).expect("binary secrets");
+    }
 }

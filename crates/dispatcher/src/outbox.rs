@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use dispatcher_outbox::ops::{self, PruneOptions, ReplayFilter};
+use dispatcher_outbox::relay::RelayState;
 use dispatcher_outbox::{Relay, db, publish, schema};
 use tokio::sync::watch;
 
@@ -114,7 +115,8 @@ fn database_url(cfg: &Config) -> anyhow::Result<String> {
 
 async fn connect(cfg: &Config) -> anyhow::Result<db::Conn> {
     let url = database_url(cfg)?;
-    db::connect(&url, None)
+    let timeout = Duration::from_millis(cfg.outbox.connect_timeout_ms);
+    db::connect_within(&url, None, false, timeout)
         .await
         .with_context(|| format!("connecting to Postgres at {}", redact(&url)))
 }
@@ -291,11 +293,17 @@ async fn relay(cfg: &Config) -> anyhow::Result<()> {
         crate::serve::shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    run_relay(cfg, stop_rx).await
+    run_relay(cfg, stop_rx, |_| {}).await
 }
 
-/// The relay of `serve` and `outbox run`: idles when the kill switch is off.
-pub async fn run_relay(cfg: &Config, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// The relay of `serve` and `outbox run`: idles when the kill switch is off. `report` hears the relay's
+/// state as it changes (connecting, running, stopped), for `serve`'s `/readyz`; it hears nothing while
+/// the kill switch is off (the relay is not running on purpose).
+pub async fn run_relay(
+    cfg: &Config,
+    mut stop: watch::Receiver<bool>,
+    report: impl Fn(RelayState) + Send + 'static,
+) -> anyhow::Result<()> {
     let opts = cfg.relay_options()?;
     if !cfg.outbox.enabled {
         tracing::warn!(
@@ -304,28 +312,28 @@ pub async fn run_relay(cfg: &Config, mut stop: watch::Receiver<bool>) -> anyhow:
         let _ = stop.wait_for(|s| *s).await;
         return Ok(());
     }
-    {
-        let client = db::connect(&opts.database_url, None)
-            .await
-            .with_context(|| format!("connecting to Postgres at {}", redact(&opts.database_url)))?;
-        schema::check(&client)
-            .await
-            .context("checking the outbox schema")?;
-    }
     tracing::info!(
         stream = %opts.stream,
         maxlen = opts.maxlen,
         batch = opts.batch_size,
         tick_ms = opts.tick.as_millis() as u64,
         listen = opts.listen,
+        connect_timeout_ms = opts.connect_timeout.as_millis() as u64,
+        max_rows_per_sec = opts.max_rows_per_sec,
         owner = %opts.owner,
         "outbox relay starting"
     );
-    Relay::new(opts)
-        .context("outbox settings")?
-        .run(stop)
-        .await
-        .context("outbox relay")
+    let relay = Relay::new(opts).context("outbox settings")?;
+    let mut state = relay.state();
+    tokio::spawn(async move {
+        loop {
+            report(*state.borrow_and_update());
+            if state.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    relay.run(stop).await.context("outbox relay")
 }
 
 #[cfg(test)]

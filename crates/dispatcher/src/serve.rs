@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use dispatcher_admission::{
-    AdmissionStore, EntryRecord, Forwarder, ForwarderOptions, Promoter, PromoterOptions,
-    RedisStore, TokenMinter,
+    AdmissionError, AdmissionStore, EntryRecord, Forwarder, ForwarderOptions, Promoter,
+    PromoterOptions, RedisStore, TokenMinter,
 };
-use dispatcher_http::{App, HttpOptions, LiveOptions, Rate, Tokens};
+use dispatcher_http::{App, EngineState, HttpOptions, LiveOptions, Rate, Tokens};
+use dispatcher_outbox::relay::RelayState;
 use dispatcher_token::EntryClaims;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
@@ -190,12 +191,24 @@ async fn serve_with<S: AdmissionStore>(
         cfg.relay_options()?;
         let cfg = cfg.clone();
         let stop = stop_rx.clone();
+        if cfg.outbox.enabled {
+            app.set_engine_state("outbox", EngineState::Connecting);
+        }
+        let reporter = app.clone();
+        let report = move |s: RelayState| {
+            let state = match s {
+                RelayState::Connecting => EngineState::Connecting,
+                RelayState::Running => EngineState::Running,
+                RelayState::Stopped => EngineState::Stopped,
+            };
+            reporter.set_engine_state("outbox", state);
+        };
         tasks.spawn(async move {
-            if let Err(e) = crate::outbox::run_relay(&cfg, stop).await {
-                tracing::error!(error = format!("{e:#}"), "outbox relay failed");
+            if let Err(e) = crate::outbox::run_relay(&cfg, stop, report).await {
+                tracing::error!(error = redact(&format!("{e:#}")), "outbox relay failed");
             }
         });
-        tracing::info!("outbox relay running");
+        tracing::info!("outbox relay starting");
     }
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -283,6 +296,20 @@ async fn serve_with<S: AdmissionStore>(
             tokio::select! { _ = stop => {} _ = upkeep => {} }
         });
     }
+    if !cfg.events.is_empty() {
+        let store = store.clone();
+        let events = cfg.events.clone();
+        let stop = stopped();
+        tasks.spawn(async move {
+            let upkeep = async {
+                loop {
+                    tokio::time::sleep(EVENT_CHECK).await;
+                    reapply_missing_events(store.as_ref(), &events).await;
+                }
+            };
+            tokio::select! { _ = stop => {} _ = upkeep => {} }
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down: draining requests and background work");
     app.begin_shutdown();
@@ -299,6 +326,34 @@ async fn serve_with<S: AdmissionStore>(
     }
     tracing::info!("dispatcher stopped");
     Ok(())
+}
+
+/// How often `serve` checks that the configured events still exist in the store.
+const EVENT_CHECK: Duration = Duration::from_secs(2);
+
+/// Configures again every event of the configuration file that the store no longer knows (a Redis
+/// restarted without persistence, flushed, or failed over to an empty replica), so joins stop failing
+/// with `unknown_event` without a restart. An event deleted through the admin API is configured again
+/// too while it stays in the file: the file is the source of truth for its events.
+async fn reapply_missing_events<S: AdmissionStore>(
+    store: &S,
+    events: &[crate::config::EventConfig],
+) {
+    for e in events {
+        // Only a store that answers "unknown event" is repaired; an unreachable one is tried again at the
+        // next check.
+        if let Err(AdmissionError::UnknownEvent(_)) = store.event(&e.id).await {
+            match store.configure(&e.id, &e.settings).await {
+                Ok(_) => tracing::warn!(
+                    event = %e.id,
+                    "configured event was missing from the store (Redis restarted without its data?); configured it again"
+                ),
+                Err(err) => {
+                    tracing::warn!(event = %e.id, error = %err, "configuring a missing event failed; retrying")
+                }
+            }
+        }
+    }
 }
 
 pub async fn shutdown_signal() {

@@ -12,6 +12,8 @@ mod delivery;
 mod edge;
 #[path = "cli/forwarder_crash.rs"]
 mod forwarder_crash;
+#[path = "cli/hardening.rs"]
+mod hardening;
 #[path = "cli/outbox.rs"]
 mod outbox;
 #[path = "cli/smoke.rs"]

@@ -1,6 +1,7 @@
 //! Integration tests of the outbox relay against real Postgres and Redis servers (spawned by testkit).
 
 mod concurrent;
+mod errors;
 mod fencing;
 mod lag;
 mod late_commits;
