@@ -20,9 +20,13 @@ pub enum OutboxError {
     /// Bad input (configuration, command arguments, a row the producer helper refuses); nothing changed.
     #[error("invalid input: {0}")]
     Invalid(String),
-    /// The database schema is missing or newer than this binary.
+    /// The database schema is newer than this binary.
     #[error("schema: {0}")]
     Schema(String),
+    /// The outbox schema is missing or older than this binary (`dispatcher outbox migrate` has not run
+    /// yet). A relay waits for it; one-shot commands report it.
+    #[error("schema: the outbox schema is missing or old: run `dispatcher outbox migrate`")]
+    SchemaMissing,
     /// A reply that breaks the protocol we expect.
     #[error("protocol: {0}")]
     Protocol(String),

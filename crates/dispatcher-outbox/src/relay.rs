@@ -58,6 +58,10 @@ pub struct RelayOptions {
     pub max_parked: usize,
     /// How long connecting to Postgres may take altogether (`DISPATCH_CONNECT_TIMEOUT_MS`).
     pub connect_timeout: Duration,
+    /// At start, wait (with backoff) for a schema that `outbox migrate` has not created yet, instead of
+    /// ending with [`OutboxError::SchemaMissing`]. On for an embedded relay (deployment jobs race); the
+    /// CLI turns it off so an operator who forgot the migration hears it at once.
+    pub wait_for_schema: bool,
     /// This relay's name in the lease table.
     pub owner: String,
 }
@@ -82,6 +86,7 @@ impl Default for RelayOptions {
             max_rows_per_sec: 0.0,
             max_parked: 100_000,
             connect_timeout: db::DEFAULT_CONNECT_TIMEOUT,
+            wait_for_schema: true,
             owner: default_owner(),
         }
     }
@@ -104,6 +109,7 @@ impl std::fmt::Debug for RelayOptions {
             .field("max_rows_per_sec", &self.max_rows_per_sec)
             .field("max_parked", &self.max_parked)
             .field("connect_timeout", &self.connect_timeout)
+            .field("wait_for_schema", &self.wait_for_schema)
             .field("owner", &self.owner)
             .finish()
     }
@@ -243,7 +249,8 @@ impl Relay {
     }
 
     /// Waits until Postgres answers and the schema is there, retrying what may pass (unreachable, no
-    /// answer in time) with backoff; a missing or newer schema and bad settings end the relay at once.
+    /// answer in time, a schema not migrated yet) with backoff; a newer schema and bad settings end the
+    /// relay at once.
     /// `Ok(false)`: shutdown came first.
     async fn first_connect(&self, shutdown: &mut watch::Receiver<bool>) -> Result<bool> {
         let mut tries = 0u32;
@@ -255,7 +262,13 @@ impl Relay {
             };
             match checked {
                 Ok(()) => return Ok(true),
-                Err(e) if !e.is_retryable() => return Err(e),
+                // A relay may start before `outbox migrate` (a deployment's jobs race): wait for it.
+                Err(OutboxError::SchemaMissing) if !self.opts.wait_for_schema => {
+                    return Err(OutboxError::SchemaMissing);
+                }
+                Err(e) if !e.is_retryable() && !matches!(e, OutboxError::SchemaMissing) => {
+                    return Err(e);
+                }
                 Err(e) => {
                     tries = tries.saturating_add(1);
                     let wait = Backoff {

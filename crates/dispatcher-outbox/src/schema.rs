@@ -80,8 +80,6 @@ pub async fn check(client: &Client) -> Result<()> {
         Some(v) if v > SCHEMA_VERSION => Err(OutboxError::Schema(format!(
             "the database has outbox schema version {v}, newer than this binary's {SCHEMA_VERSION}"
         ))),
-        _ => Err(OutboxError::Schema(
-            "the outbox schema is missing or old: run `dispatcher outbox migrate`".into(),
-        )),
+        _ => Err(OutboxError::SchemaMissing),
     }
 }

@@ -681,6 +681,8 @@ impl Config {
             max_entry_bytes: o.max_entry_bytes,
             max_rows_per_sec: o.max_rows_per_sec,
             connect_timeout: std::time::Duration::from_millis(o.connect_timeout_ms),
+            // An operator who forgot `outbox migrate` hears it at once.
+            wait_for_schema: false,
             ..Default::default()
         };
         opts.validate().context("outbox settings")?;
