@@ -836,7 +836,7 @@ impl Forwarder {
         if e.code() == Some("NOGROUP") || text.contains("NOGROUP") || text.contains("no such key") {
             self.state.lock().groups_ready = false;
         }
-        AdmissionError::Unavailable(format!("{op}: {e}"))
+        AdmissionError::redis(op, &e)
     }
 
     /// Creates the group on every entry stream (from id 0, creating the stream) unless known to exist.

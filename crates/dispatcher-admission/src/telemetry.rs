@@ -33,3 +33,9 @@ pub const FORWARDER_LAG: &str = "dispatcher_forwarder_lag";
 pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";
 /// Gauge: the largest lag (pending + unread) of the dispatch stream's consumer groups.
 pub const FORWARDER_DISPATCH_LAG: &str = "dispatcher_forwarder_dispatch_lag";
+
+/// Store calls answered with an error that retrying will not fix, as opposed to the store being
+/// unreachable: a Lua runtime error, a key of the wrong type (`WRONGTYPE`), a reply this version does not
+/// understand. The HTTP layer answers them 500 `internal` and never fails open on them. Any increase means
+/// corrupted data or a bug, not an outage.
+pub const STORE_INTERNAL_ERRORS_TOTAL: &str = "dispatcher_store_internal_errors_total";
