@@ -508,6 +508,10 @@ pub struct Tick {
     pub admitted: u64,
     /// Final tickets removed after retention.
     pub purged: u64,
+    /// Queued tickets dropped from their line for want of a readable record (deleted or corrupted behind
+    /// the store's back) since the event's previous pass, by this or any other call. Always 0 in the
+    /// in-process store (nothing can remove a record there) and for [`crate::AdmissionStore::promote`].
+    pub orphaned: u64,
 }
 
 /// An event's settings and counts.
