@@ -112,13 +112,17 @@ pub struct ForwarderOptions {
     /// Longest retry delay. Default 2 s.
     pub backoff_max: Duration,
     /// Test failpoint: a round returns an error right after writing to the dispatch stream, before
-    /// `XACK` (a crash between write and acknowledge).
+    /// `XACK` (a crash between write and acknowledge). Only with the cargo feature `failpoints`, which
+    /// only tests turn on.
+    #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub stop_after_write: bool,
     /// Test failpoint: after writing a batch to the dispatch stream and before `XACK`, log
     /// `failpoint forwarder_after_write reached` at warn and hang forever (a crash test SIGKILLs the
     /// process there). Also switched on by the environment variable
-    /// `DISPATCHER_FAILPOINT=forwarder_after_write`, read once in [`Forwarder::new`].
+    /// `DISPATCHER_FAILPOINT=forwarder_after_write`, read once in [`Forwarder::new`]. Only with the cargo
+    /// feature `failpoints`: a release build has neither the option nor the variable.
+    #[cfg(feature = "failpoints")]
     #[doc(hidden)]
     pub hang_after_write: bool,
 }
@@ -163,7 +167,9 @@ impl Default for ForwarderOptions {
             dead_consumer_idle: Duration::from_secs(3600),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(2),
+            #[cfg(feature = "failpoints")]
             stop_after_write: false,
+            #[cfg(feature = "failpoints")]
             hang_after_write: false,
         }
     }
@@ -304,14 +310,13 @@ type Minted = Vec<(u16, EntryRecord, std::result::Result<String, String>)>;
 
 impl Forwarder {
     /// A forwarder over the entry streams of `store` (its connection, key prefix and shards).
-    pub fn new(
-        store: &RedisStore,
-        minter: TokenMinter,
-        mut opts: ForwarderOptions,
-    ) -> Result<Self> {
-        if std::env::var("DISPATCHER_FAILPOINT").as_deref() == Ok("forwarder_after_write") {
-            opts.hang_after_write = true;
-        }
+    pub fn new(store: &RedisStore, minter: TokenMinter, opts: ForwarderOptions) -> Result<Self> {
+        #[cfg(feature = "failpoints")]
+        let opts = ForwarderOptions {
+            hang_after_write: opts.hang_after_write
+                || std::env::var("DISPATCHER_FAILPOINT").as_deref() == Ok("forwarder_after_write"),
+            ..opts
+        };
         let invalid = |m: &str| Err(AdmissionError::InvalidInput(m.to_owned()));
         if opts.group.is_empty() || opts.consumer.is_empty() {
             return invalid("forwarder group and consumer names must not be empty");
@@ -836,7 +841,7 @@ impl Forwarder {
         if e.code() == Some("NOGROUP") || text.contains("NOGROUP") || text.contains("no such key") {
             self.state.lock().groups_ready = false;
         }
-        AdmissionError::Unavailable(format!("{op}: {e}"))
+        AdmissionError::redis(op, &e)
     }
 
     /// Creates the group on every entry stream (from id 0, creating the stream) unless known to exist.
@@ -1022,14 +1027,17 @@ impl Forwarder {
             metrics::counter!(telemetry::FORWARDER_FORWARDED_TOTAL).increment(written);
             self.totals.forwarded.fetch_add(written, Ordering::Relaxed);
         }
-        if self.opts.hang_after_write && written > 0 {
-            tracing::warn!(written, "failpoint forwarder_after_write reached");
-            std::future::pending::<()>().await;
-        }
-        if self.opts.stop_after_write {
-            return Err(AdmissionError::Unavailable(
-                "failpoint: stopped after writing the dispatch stream, before XACK".into(),
-            ));
+        #[cfg(feature = "failpoints")]
+        {
+            if self.opts.hang_after_write && written > 0 {
+                tracing::warn!(written, "failpoint forwarder_after_write reached");
+                std::future::pending::<()>().await;
+            }
+            if self.opts.stop_after_write {
+                return Err(AdmissionError::Unavailable(
+                    "failpoint: stopped after writing the dispatch stream, before XACK".into(),
+                ));
+            }
         }
         let acked = try_join_all(acks.into_iter().filter(|(_, ids)| !ids.is_empty()).map(
             |(shard, ids)| {

@@ -19,7 +19,8 @@ pub use memory::{MemoryStore, MemoryStoreOptions};
 pub use model::{
     BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,
     EventState, EventTotals, Joined, MAX_BULK_RELEASE, MAX_JOIN_BATCH, MAX_LIVE_BATCH,
-    MAX_REVOCATIONS, QueueMode, Released, Revocation, Tick, Ticket, TicketId, TicketState, UserId,
+    MAX_REVOCATIONS, QueueMode, Redacted, Released, Revocation, Tick, Ticket, TicketId,
+    TicketState, UserId,
 };
 pub use promoter::{Promoter, PromoterOptions, PromoterStats};
 pub use redis_store::{RedisConn, RedisStore, RedisStoreOptions};

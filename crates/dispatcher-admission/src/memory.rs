@@ -909,6 +909,7 @@ impl AdmissionStore for MemoryStore {
         let batch = self.opts.tick_batch as usize;
         let res = self.with_event(event, |ev, cx| {
             let now = cx.now;
+            // `orphaned` stays 0: no ticket here can lose its record while in a line.
             let mut out = Tick::default();
             let expired: Vec<(u64, TicketId)> = ev
                 .admitted

@@ -144,6 +144,23 @@ impl fmt::Debug for TicketId {
     }
 }
 
+/// A secret held as text (a ticket id, an entry token) as `Debug` shows it: its first 6 characters and an
+/// ellipsis, enough to tell secrets apart in a log without holding one. For the `Debug` of types that
+/// keep a secret in a `String`.
+#[derive(Clone, Copy)]
+pub struct Redacted<'a>(pub &'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cut = self
+            .0
+            .char_indices()
+            .nth(6)
+            .map_or(self.0.len(), |(i, _)| i);
+        write!(f, "\"{}…\"", &self.0[..cut])
+    }
+}
+
 impl fmt::Display for TicketId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -521,6 +538,10 @@ pub struct Tick {
     pub admitted: u64,
     /// Final tickets removed after retention.
     pub purged: u64,
+    /// Queued tickets dropped from their line for want of a readable record (deleted or corrupted behind
+    /// the store's back) since the event's previous pass, by this or any other call. Always 0 in the
+    /// in-process store (nothing can remove a record there) and for [`crate::AdmissionStore::promote`].
+    pub orphaned: u64,
 }
 
 /// An event's settings and counts.
@@ -578,13 +599,22 @@ impl EventTotals {
 }
 
 /// A token that must no longer be honoured: its ticket was revoked while admitted. Listed until the
-/// token's own expiry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// token's own expiry. `Debug` cuts the ticket id.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct Revocation {
     /// The ticket id (the token's `jti`).
     pub ticket: String,
     /// The token's expiry (session end), ms.
     pub expires_at_ms: u64,
+}
+
+impl fmt::Debug for Revocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Revocation")
+            .field("ticket", &Redacted(&self.ticket))
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
 }
 
 /// Most revocations one read returns.
@@ -599,8 +629,8 @@ pub struct DeletedEvent {
     pub tickets: u64,
 }
 
-/// One admission as recorded on a shard's entry stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One admission as recorded on a shard's entry stream. `Debug` cuts the ticket id.
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct EntryRecord {
     /// Stream entry id.
     pub entry_id: String,
@@ -616,6 +646,20 @@ pub struct EntryRecord {
     pub admitted_at_ms: u64,
     /// Session end, ms.
     pub expires_at_ms: u64,
+}
+
+impl fmt::Debug for EntryRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryRecord")
+            .field("entry_id", &self.entry_id)
+            .field("event", &self.event)
+            .field("ticket", &Redacted(&self.ticket))
+            .field("user", &self.user)
+            .field("seq", &self.seq)
+            .field("admitted_at_ms", &self.admitted_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
 }
 
 #[cfg(test)]
@@ -655,5 +699,38 @@ mod tests {
         };
         assert!(pre.validate().is_ok());
         assert!(EventSettings::with_capacity(10).validate().is_ok());
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn entry_record_debug_cuts_the_ticket_id() {
+        let r = EntryRecord {
+            entry_id: "1-0".into(),
+            event: "ev".into(),
+            ticket: ID.into(),
+            user: "alice".into(),
+            seq: 7,
+            admitted_at_ms: 1,
+            expires_at_ms: 2,
+        };
+        let dbg = format!("{r:?} {r:#?}");
+        assert!(!dbg.contains(ID), "{dbg}");
+        assert!(dbg.contains("\"012345…\"") && dbg.contains("alice") && dbg.contains("seq: 7"));
+    }
+
+    #[test]
+    fn revocation_and_ticket_id_debug_cut_the_ticket_id() {
+        let r = Revocation {
+            ticket: ID.into(),
+            expires_at_ms: 5,
+        };
+        let id = TicketId::parse(ID).expect("valid id");
+        let dbg = format!("{r:?} {r:#?} {id:?} {:?}", Redacted(ID));
+        assert!(!dbg.contains(ID), "{dbg}");
+        assert!(dbg.contains("012345…"), "{dbg}");
+        // Short or non-ASCII text is cut on a character boundary, never panics.
+        assert_eq!(format!("{:?}", Redacted("")), "\"…\"");
+        assert_eq!(format!("{:?}", Redacted("ééééééé")), "\"éééééé…\"");
     }
 }

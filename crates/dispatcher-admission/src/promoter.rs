@@ -53,6 +53,8 @@ pub struct PromoterStats {
     pub expired: AtomicU64,
     /// Tickets abandoned by this promoter.
     pub abandoned: AtomicU64,
+    /// Queued tickets without a record dropped from their lines, as reported to this promoter's passes.
+    pub orphaned: AtomicU64,
     /// Rounds that hit a store error.
     pub errors: AtomicU64,
 }
@@ -97,6 +99,11 @@ impl<S: AdmissionStore> Promoter<S> {
                     total.expired += t.expired;
                     total.abandoned += t.abandoned;
                     total.purged += t.purged;
+                    total.orphaned += t.orphaned;
+                    if t.orphaned > 0 {
+                        tracing::warn!(event = %event, orphaned = t.orphaned,
+                            "queued tickets without a record were dropped from the line");
+                    }
                 }
                 Err(crate::AdmissionError::UnknownEvent(_)) => {
                     tracing::debug!(event = %event, "event vanished; dropped from the indexes");
@@ -121,11 +128,13 @@ impl<S: AdmissionStore> Promoter<S> {
         self.stats
             .abandoned
             .fetch_add(t.abandoned, Ordering::Relaxed);
+        self.stats.orphaned.fetch_add(t.orphaned, Ordering::Relaxed);
         metrics::counter!(telemetry::PROMOTIONS_TOTAL, "source" => "promoter")
             .increment(t.admitted);
         metrics::counter!(telemetry::EXPIRED_TOTAL).increment(t.expired);
         metrics::counter!(telemetry::ABANDONED_TOTAL).increment(t.abandoned);
         metrics::counter!(telemetry::PURGED_TOTAL).increment(t.purged);
+        metrics::counter!(telemetry::ORPHANED_TOTAL).increment(t.orphaned);
     }
 
     /// One timer round: every event whose deadline has passed gets one bounded pass.

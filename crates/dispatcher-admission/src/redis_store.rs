@@ -750,6 +750,7 @@ impl AdmissionStore for RedisStore {
             abandoned: as_u64(at(&items, 2)?)?,
             admitted: as_u64(at(&items, 3)?)?,
             purged: as_u64(at(&items, 4)?)?,
+            orphaned: as_u64(at(&items, 5)?)?,
         })
     }
 

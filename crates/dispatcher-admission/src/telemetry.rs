@@ -11,6 +11,11 @@ pub const EXPIRED_TOTAL: &str = "dispatcher_admission_expired_total";
 pub const ABANDONED_TOTAL: &str = "dispatcher_admission_abandoned_total";
 /// Final tickets purged after retention.
 pub const PURGED_TOTAL: &str = "dispatcher_admission_purged_total";
+/// Queued tickets found without a readable record (a record deleted or corrupted behind the store's back)
+/// and dropped from the line, so the rest of the queue moves on. Counted by the promoter from its passes'
+/// replies (each pass reports the drops made since the event's previous pass, by any call). Any increase
+/// means the store's data was changed by something other than the admission functions.
+pub const ORPHANED_TOTAL: &str = "dispatcher_admission_orphaned_total";
 /// Promoter rounds (timer-driven and sweep).
 pub const PROMOTER_ROUNDS_TOTAL: &str = "dispatcher_admission_promoter_rounds_total";
 /// Promoter rounds that failed on a store error.
@@ -33,3 +38,9 @@ pub const FORWARDER_LAG: &str = "dispatcher_forwarder_lag";
 pub const REDIS_ERRORS_TOTAL: &str = "dispatcher_redis_errors_total";
 /// Gauge: the largest lag (pending + unread) of the dispatch stream's consumer groups.
 pub const FORWARDER_DISPATCH_LAG: &str = "dispatcher_forwarder_dispatch_lag";
+
+/// Store calls answered with an error that retrying will not fix, as opposed to the store being
+/// unreachable: a Lua runtime error, a key of the wrong type (`WRONGTYPE`), a reply this version does not
+/// understand. The HTTP layer answers them 500 `internal` and never fails open on them. Any increase means
+/// corrupted data or a bug, not an outage.
+pub const STORE_INTERNAL_ERRORS_TOTAL: &str = "dispatcher_store_internal_errors_total";

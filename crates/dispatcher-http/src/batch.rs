@@ -70,7 +70,7 @@ impl<S: AdmissionStore> JoinBatcher<S> {
             tokio::spawn(self.clone().flush(event.clone()));
         }
         rx.await
-            .unwrap_or_else(|_| Err(AdmissionError::Unavailable("join batch was dropped".into())))
+            .unwrap_or_else(|_| Err(AdmissionError::Internal("join batch was dropped".into())))
     }
 
     async fn flush(self: Arc<Self>, event: EventId) {
@@ -101,7 +101,7 @@ impl<S: AdmissionStore> JoinBatcher<S> {
                 self.store.join_many(&event, &users),
             ))
             .await
-            .unwrap_or_else(|_| Err(AdmissionError::Unavailable("the join call panicked".into())));
+            .unwrap_or_else(|_| Err(AdmissionError::Internal("the join call panicked".into())));
             match result {
                 Ok(outcomes) => {
                     for ((_, tx), o) in batch.into_iter().zip(outcomes) {

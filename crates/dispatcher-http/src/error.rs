@@ -136,8 +136,10 @@ impl From<AdmissionError> for ApiError {
                 tracing::warn!(error = %m, "store unavailable");
                 Self::unavailable("the waiting room's store is unavailable; retry shortly")
             }
-            AdmissionError::Protocol(m) => {
-                tracing::error!(error = %m, "store protocol error");
+            // Never fail-open material: the store is up and answered with an error.
+            AdmissionError::Protocol(m) | AdmissionError::Internal(m) => {
+                metrics::counter!(crate::telemetry::STORE_INTERNAL_ERRORS_TOTAL).increment(1);
+                tracing::error!(error = %m, "store internal error");
                 Self::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

@@ -1,6 +1,8 @@
 //! Metric names of the HTTP layer, defined in one place (seed 000's names kept where they exist).
 
-pub use dispatcher_admission::telemetry::{PROMOTIONS_TOTAL, REDIS_ERRORS_TOTAL};
+pub use dispatcher_admission::telemetry::{
+    PROMOTIONS_TOTAL, REDIS_ERRORS_TOTAL, STORE_INTERNAL_ERRORS_TOTAL,
+};
 /// Time to handle a join, seconds.
 pub const JOIN_DURATION: &str = "dispatcher_join_duration_seconds";
 /// Time to handle a release (complete, leave, revoke) that may admit the next ticket, seconds.

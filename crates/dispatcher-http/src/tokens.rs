@@ -17,10 +17,19 @@ pub const RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// the forwarder and on every status read of an admitted ticket.
 const CACHE_SIZE: usize = 100_000;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Cache {
     by_jti: std::collections::HashMap<String, (EntryClaims, String)>,
     order: std::collections::VecDeque<String>,
+}
+
+/// Ticket ids and tokens are secrets: `Debug` shows how many tokens are cached, not which.
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("tokens", &self.by_jti.len())
+            .finish()
+    }
 }
 
 /// The signing keys in force, where they come from, and the tokens minted recently.
@@ -155,5 +164,31 @@ impl Tokens {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_cached_ticket_id_or_token() {
+        let tokens = Tokens::ephemeral().expect("in-memory keys");
+        let ticket = "0123456789abcdef0123456789abcdef";
+        let token = tokens
+            .mint(&EntryClaims::for_admission(
+                "ev",
+                None,
+                ticket,
+                1_700_000_000_000,
+                1_700_000_060_000,
+            ))
+            .expect("minted");
+        let dbg = format!("{tokens:?}");
+        assert!(!dbg.contains(ticket) && !dbg.contains(&token), "{dbg}");
+        assert!(
+            dbg.contains("tokens: 1"),
+            "the cache is there, counted: {dbg}"
+        );
     }
 }

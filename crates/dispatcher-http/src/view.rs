@@ -1,12 +1,12 @@
 //! What a visitor sees of a ticket: the JSON of status reads, join answers and live updates.
 
-use dispatcher_admission::{EventId, Ticket, TicketState};
+use dispatcher_admission::{EventId, Redacted, Ticket, TicketState};
 use serde::Serialize;
 
 use crate::tokens::Tokens;
 
-/// A ticket as its holder sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A ticket as its holder sees it. `Debug` cuts the ticket id and the token (secrets).
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct TicketView {
     /// The event.
     pub event: String,
@@ -39,6 +39,27 @@ pub struct TicketView {
     /// True when the store was down and the event fails open: let through without a ticket in the store.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fail_open: bool,
+}
+
+impl std::fmt::Debug for TicketView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketView")
+            .field("event", &self.event)
+            .field("ticket", &Redacted(&self.ticket))
+            .field("state", &self.state)
+            .field("seq", &self.seq)
+            .field("user", &self.user)
+            .field("position", &self.position)
+            .field("ahead", &self.ahead)
+            .field("estimated_wait_s", &self.estimated_wait_s)
+            .field("joined_at_ms", &self.joined_at_ms)
+            .field("admitted_at_ms", &self.admitted_at_ms)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("ended_at_ms", &self.ended_at_ms)
+            .field("token", &self.token.as_deref().map(Redacted))
+            .field("fail_open", &self.fail_open)
+            .finish()
+    }
 }
 
 impl TicketView {
@@ -98,7 +119,43 @@ pub fn estimate_wait_s(ahead: u64, rate_per_s: Option<f64>) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::estimate_wait_s;
+    use super::*;
+
+    #[test]
+    fn debug_cuts_the_ticket_id_and_the_token() {
+        let ticket = "0123456789abcdef0123456789abcdef";
+        let token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZERTQSJ9.eyJqdGkiOiIwMTIzIn0.c2lnbmF0dXJl";
+        let v = TicketView {
+            event: "ev".into(),
+            ticket: ticket.into(),
+            state: TicketState::Admitted,
+            seq: 3,
+            user: Some("alice".into()),
+            position: None,
+            ahead: None,
+            estimated_wait_s: None,
+            joined_at_ms: 1,
+            admitted_at_ms: Some(2),
+            expires_at_ms: Some(3),
+            ended_at_ms: None,
+            token: Some(token.into()),
+            fail_open: false,
+        };
+        // Also through a type that holds a view.
+        let release = crate::visitor::ReleaseView {
+            ticket: v.clone(),
+            changed: true,
+            admitted_next: 0,
+        };
+        let dbg = format!("{v:?} {v:#?} {release:?}");
+        for secret in [ticket, token] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        assert!(
+            dbg.contains("\"012345…\"") && dbg.contains("\"eyJ0eX…\"") && dbg.contains("alice"),
+            "{dbg}"
+        );
+    }
 
     #[test]
     fn estimates_need_a_rate() {

@@ -7,13 +7,31 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use dispatcher_token::{KeyRing, Verifier};
 
+/// An entry token given on the command line. `Debug` cuts it: its payload holds the whole ticket id.
+#[derive(Clone)]
+pub struct TokenArg(String);
+
+impl std::str::FromStr for TokenArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for TokenArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenArg({:?})", dispatcher_admission::Redacted(&self.0))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Verify a token offline against a JWKS (a file, or `http://` URL) or a key directory. Exit 0 and the
     /// claims as JSON when valid; exit 1 and the reason's code when not.
     Verify {
         /// The token (or `-` to read it from standard input).
-        token: String,
+        token: TokenArg,
         /// A JWKS document: a file path or an `http://host:port/.well-known/jwks.json` URL.
         #[arg(long, conflicts_with = "keys")]
         jwks: Option<String>,
@@ -64,13 +82,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             event,
             leeway,
         } => {
-            let token = if token == "-" {
+            let token = if token.0 == "-" {
                 let mut s = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
                     .context("reading the token from standard input")?;
                 s.trim().to_owned()
             } else {
-                token
+                token.0
             };
             let verifier = match (jwks, keys) {
                 (Some(src), None) => {
@@ -164,4 +182,29 @@ fn fetch_http(url: &str) -> anyhow::Result<Vec<u8>> {
         bail!("chunked JWKS answers are not supported here; download the JWKS and pass the file");
     }
     Ok(buf[split + 4..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: TokenCommand,
+    }
+
+    #[test]
+    fn a_token_argument_is_cut_in_debug() {
+        let token = "eyJ0eXAiOiJKV1QifQ.eyJqdGkiOiIwMTIzNDU2Nzg5YWJjZGVmIn0.c2lnbmF0dXJl";
+        let cli = Cli::try_parse_from(["token", "verify", token, "--keys", "/k"]).expect("parses");
+        let dbg = format!("{cli:?} {cli:#?}");
+        assert!(!dbg.contains(token), "{dbg}");
+        assert!(dbg.contains("\"eyJ0eX…\""), "{dbg}");
+        let TokenCommand::Verify { token: arg, .. } = cli.cmd else {
+            panic!("not a verify command: {cli:?}");
+        };
+        assert_eq!(arg.0, token, "the value itself is kept whole");
+    }
 }

@@ -96,8 +96,9 @@ for i = 1, n do
     for x = 1, #v do out[#out + 1] = v[x] end
   elseif seqs[i] then
     -- New ticket: it joined behind the w0 waiters and the earlier new tickets of this batch; promote admitted
-    -- the first k of the queue.
-    local place = w0 + (tonumber(seqs[i]) - (tonumber(seqs[fresh[1]]))) -- 0-based place in the queue
+    -- the first k of the queue after dropping the P_ORPHANED orphans it met (all among the w0: new tickets
+    -- have records).
+    local place = w0 - P_ORPHANED + (tonumber(seqs[i]) - (tonumber(seqs[fresh[1]]))) -- 0-based place
     out[#out + 1] = 'N'
     out[#out + 1] = seqs[i]
     if place < k then out[#out + 1] = -1 else out[#out + 1] = place - k end

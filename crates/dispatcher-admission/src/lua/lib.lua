@@ -20,6 +20,8 @@ local K_CFG, K_W, K_A, K_P, K_T, K_U, K_F, K_ACTIVE, K_DUE, K_ENTRY, K_EVENTS, K
 local EVENT, MAXLEN, NOW, NOW_S
 -- Set by promote(): the admitted count after the step, and whether the per-call limit was reached.
 local P_ADMITTED, P_LIMITED = 0, false
+-- Set by promote(): waiting tickets dropped in this call for want of a readable record (orphans).
+local P_ORPHANED = 0
 
 -- Binds one call's keys and arguments; every registered function starts with it.
 local function bind(keys, args)
@@ -36,13 +38,29 @@ local function bind(keys, args)
   end
   NOW = n
   NOW_S = string.format('%.0f', NOW)
-  P_ADMITTED, P_LIMITED = 0, false
+  P_ADMITTED, P_LIMITED, P_ORPHANED = 0, false, 0
 end
 
 -- Record fields stay strings (number <-> string conversions are a large part of a script's cost).
 local function parse(rec)
   local s, seq, j, a, e, d, u = string.match(rec, '^(%a)|(%d+)|(%d*)|(%d*)|(%d*)|(%d*)|(.*)$')
   return { s = s, seq = seq, joined = j, admitted = a, expires = e, ended = d, user = u }
+end
+
+-- A record read from the tickets hash, or nil when there is none (HMGET's false) or it is malformed. The
+-- lines (waiting, admitted, presence, pre-queue) must never parse a missing record: the error would end the
+-- function after writes Redis does not roll back (a ZPOPMIN would lose every waiter it popped).
+local function parse_opt(rec)
+  if not rec then return nil end
+  local r = parse(rec)
+  if r.s == nil then return nil end
+  return r
+end
+
+-- Counts `n` tickets dropped from a line for want of a readable record: `o_new` until a tick reports them
+-- (then they move to the total, `n_O`).
+local function count_orphans(n)
+  if n > 0 then redis.call('HINCRBY', K_CFG, 'o_new', n) end
 end
 
 local function pack(r)
@@ -90,18 +108,44 @@ local function promote(cfg, limit)
     n = math.min(n, math.floor(cfg.tok + 1e-9))
   end
   if n <= 0 then return 0 end
-  local popped = redis.call('ZPOPMIN', K_W, n)
-  local count = #popped / 2
-  if count == 0 then return 0 end
-  local ids = {}
-  for i = 1, count do ids[i] = popped[2 * i - 1] end
-  local recs = redis.call('HMGET', K_T, unpack(ids))
+  -- Pop the head of the line; a ticket without a readable record (an orphan) is dropped, counted and
+  -- replaced by the next waiter, so one orphan neither fails the step nor costs anyone their place. At
+  -- most `limit` orphans per call (then the step ends as if limited: the next pass comes at once).
+  local ids, recs, orphans = {}, {}, {}
+  local want = n
+  while want > 0 do
+    local popped = redis.call('ZPOPMIN', K_W, want)
+    if #popped == 0 then break end
+    local got = {}
+    for i = 1, #popped / 2 do got[i] = popped[2 * i - 1] end
+    local raw = redis.call('HMGET', K_T, unpack(got))
+    for i = 1, #got do
+      local r = parse_opt(raw[i])
+      if r then
+        ids[#ids + 1] = got[i]; recs[#recs + 1] = r
+      else
+        orphans[#orphans + 1] = got[i]
+      end
+    end
+    want = n - #ids
+    if #orphans >= limit then break end
+  end
+  if #orphans > 0 then
+    redis.call('ZREM', K_P, unpack(orphans))
+    count_orphans(#orphans)
+    P_ORPHANED = #orphans
+  end
+  local count = #ids
+  if count == 0 then
+    P_LIMITED = #orphans >= limit
+    return 0
+  end
   local exp_s = string.format('%.0f', NOW + cfg.ttl)
   local maxlen_s = string.format('%.0f', MAXLEN)
   local hset, zadd = {}, {}
   for i = 1, count do
     local id = ids[i]
-    local r = parse(recs[i])
+    local r = recs[i]
     r.s = 'A'; r.admitted = NOW_S; r.expires = exp_s
     hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
     zadd[#zadd + 1] = exp_s; zadd[#zadd + 1] = id
@@ -117,7 +161,7 @@ local function promote(cfg, limit)
   redis.call('HINCRBY', K_CFG, 'n_A', count)
   if cfg.rate > 0 then cfg.tok = cfg.tok - count end
   P_ADMITTED = card + count
-  P_LIMITED = (count == limit)
+  P_LIMITED = (count == limit) or #orphans >= limit
   return count
 end
 
@@ -131,18 +175,27 @@ local function finish(id, r, state)
   redis.call('ZADD', K_F, NOW_S, id)
 end
 
--- finish() for many tickets with one HSET and one ZADD (expiry and abandon only: no revocations).
+-- finish() for many tickets with one HSET and one ZADD (expiry and abandon only: no revocations). Tickets
+-- without a readable record are left out and counted as orphans (the caller removes every id from its
+-- line). Returns the number finished.
 local function finish_many(ids, recs, state)
-  redis.call('HINCRBY', K_CFG, 'n_' .. state, #ids)
   local hset, zadd = {}, {}
+  local n = 0
   for i = 1, #ids do
-    local r = parse(recs[i])
-    r.s = state; r.ended = NOW_S
-    hset[#hset + 1] = ids[i]; hset[#hset + 1] = pack(r)
-    zadd[#zadd + 1] = NOW_S; zadd[#zadd + 1] = ids[i]
+    local r = parse_opt(recs[i])
+    if r then
+      r.s = state; r.ended = NOW_S
+      hset[#hset + 1] = ids[i]; hset[#hset + 1] = pack(r)
+      zadd[#zadd + 1] = NOW_S; zadd[#zadd + 1] = ids[i]
+      n = n + 1
+    end
   end
+  count_orphans(#ids - n)
+  if n == 0 then return 0 end
+  redis.call('HINCRBY', K_CFG, 'n_' .. state, n)
   redis.call('HSET', K_T, unpack(hset))
   redis.call('ZADD', K_F, unpack(zadd))
+  return n
 end
 
 -- When the pre-queue is placed into the line: at the start of a prequeue event, or at once if the event no
@@ -165,16 +218,24 @@ end
 local function place_prequeued(cfg, limit)
   if placement_time(cfg) > NOW then return 0 end
   local popped = redis.call('ZPOPMIN', K_Q, limit)
-  local count = #popped / 2
+  if #popped == 0 then return 0 end
+  local got = {}
+  for i = 1, #popped / 2 do got[i] = popped[2 * i - 1] end
+  local raw = redis.call('HMGET', K_T, unpack(got))
+  -- Orphans (no readable record) are dropped and counted; the rest take their sequence numbers in order.
+  local ids, recs = {}, {}
+  for i = 1, #got do
+    local r = parse_opt(raw[i])
+    if r then ids[#ids + 1] = got[i]; recs[#recs + 1] = r end
+  end
+  count_orphans(#got - #ids)
+  local count = #ids
   if count == 0 then return 0 end
-  local ids = {}
-  for i = 1, count do ids[i] = popped[2 * i - 1] end
-  local recs = redis.call('HMGET', K_T, unpack(ids))
   local last = redis.call('HINCRBY', K_CFG, 'seq', count)
   local first = last - count + 1
   local hset, zw, zp = {}, {}, {}
   for i = 1, count do
-    local r = parse(recs[i])
+    local r = recs[i]
     r.s = 'W'; r.seq = string.format('%.0f', first + i - 1)
     hset[#hset + 1] = ids[i]; hset[#hset + 1] = pack(r)
     zw[#zw + 1] = r.seq; zw[#zw + 1] = ids[i]

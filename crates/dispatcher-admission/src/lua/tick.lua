@@ -1,6 +1,9 @@
 -- Time-driven work for one event: expire admitted tickets whose session TTL passed (each exactly once),
 -- drop waiters without presence for the abandon timeout, purge final tickets past retention, then admit.
--- ARGV[5] most tickets handled per kind; ARGV[6] "1" = only promote. Returns {"OK", expired, abandoned, admitted, purged}.
+-- Tickets found in a line without a readable record (orphans) are dropped from it and counted; a full pass
+-- reports the orphans dropped since the previous full pass (by any call) and adds them to the total n_O.
+-- ARGV[5] most tickets handled per kind; ARGV[6] "1" = only promote.
+-- Returns {"OK", expired, abandoned, admitted, purged, orphaned (0 when only promoting)}.
 local cfg = load_cfg()
 if not cfg then
   redis.call('ZREM', K_DUE, EVENT)
@@ -13,17 +16,15 @@ if ARGV[6] ~= '1' then
   local ids = redis.call('ZRANGEBYSCORE', K_A, '-inf', NOW, 'LIMIT', 0, batch)
   if #ids > 0 then
     local recs = redis.call('HMGET', K_T, unpack(ids))
-    finish_many(ids, recs, 'E')
+    expired = finish_many(ids, recs, 'E')
     redis.call('ZREM', K_A, unpack(ids))
-    expired = #ids
   end
   ids = redis.call('ZRANGEBYSCORE', K_P, '-inf', NOW - cfg.abandon, 'LIMIT', 0, batch)
   if #ids > 0 then
     local recs = redis.call('HMGET', K_T, unpack(ids))
-    finish_many(ids, recs, 'B')
+    abandoned = finish_many(ids, recs, 'B')
     redis.call('ZREM', K_P, unpack(ids))
     redis.call('ZREM', K_W, unpack(ids))
-    abandoned = #ids
   end
   ids = redis.call('ZRANGEBYSCORE', K_F, '-inf', NOW - cfg.retention, 'LIMIT', 0, batch)
   if #ids > 0 then
@@ -43,4 +44,12 @@ end
 place_prequeued(cfg, batch)
 local n = promote(cfg, tonumber(ARGV[4]))
 settle(cfg)
-return { 'OK', expired, abandoned, n, purged }
+local orphaned = 0
+if ARGV[6] ~= '1' then
+  orphaned = tonumber(redis.call('HGET', K_CFG, 'o_new') or '0') or 0
+  if orphaned > 0 then
+    redis.call('HINCRBY', K_CFG, 'n_O', orphaned)
+    redis.call('HDEL', K_CFG, 'o_new')
+  end
+end
+return { 'OK', expired, abandoned, n, purged, orphaned }

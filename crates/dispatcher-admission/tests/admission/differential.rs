@@ -208,7 +208,13 @@ async fn apply<S: AdmissionStore>(side: &mut Side<S>, events: &[EventId], op: &O
             }
         }
         Op::Tick { event } => match s.tick(&events[*event]).await {
-            Ok(t) => Seen::Count(vec![t.expired, t.abandoned, t.admitted, t.purged]),
+            Ok(t) => Seen::Count(vec![
+                t.expired,
+                t.abandoned,
+                t.admitted,
+                t.purged,
+                t.orphaned,
+            ]),
             Err(e) => err(e),
         },
         Op::Promote { event } => match s.promote(&events[*event]).await {

@@ -3,6 +3,7 @@
 
 mod common;
 mod conformance;
+mod corruption;
 mod differential;
 mod fairness;
 mod forwarder;

@@ -139,3 +139,45 @@ async fn store_down_fails_closed_or_open_per_event_and_recovers() {
         "a normal admission again: {j}"
     );
 }
+
+/// A key of the wrong type under a fail-open event is no outage: the store is up and answered with an
+/// error. The join answers 500 `internal`, mints no token, and is counted in
+/// `dispatcher_store_internal_errors_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_fail_open_event_answers_500_and_mints_no_token() {
+    let srv = Server::start_with(Setup {
+        metrics: true,
+        promoter: false,
+        ..Default::default()
+    })
+    .await;
+    let mut open = settings(1, 90_000);
+    open["fail_open"] = json!(true);
+    srv.configure("broken", open).await;
+    let event = EventId::new("broken").expect("id");
+    let o = srv.store.options();
+    let waiting = format!(
+        "{}:{{s{}}}:e:broken:w",
+        o.prefix,
+        dispatcher_admission::shard_of(&event, o.shards)
+    );
+    srv.redis
+        .command(&["SET", &waiting, "not a zset"])
+        .expect("SET over the waiting line");
+
+    let r = srv.join("broken", Some("unlucky")).await;
+    r.expect_error(500, "internal");
+    assert!(r.retry_after().is_none(), "no Retry-After on a 500");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        !body.contains("token") && !body.contains("fail_open"),
+        "{body}"
+    );
+
+    let text = String::from_utf8_lossy(&srv.get("/metrics").await.body).into_owned();
+    let counted = text
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatcher_store_internal_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(counted.is_some_and(|v| v >= 1.0), "{text}");
+}
