@@ -1,5 +1,6 @@
-//! The waiting-room admission engine: the rules of joining, promotion, release and expiry (PRODUCT.md §1.1),
-//! one store trait with an in-process and a Redis implementation, and the promoter loop that drives time.
+//! The waiting-room admission engine: the rules of joining, promotion, release and expiry
+//! (docs/guarantees.md#admission), one store trait with an in-process and a Redis implementation, and the
+//! promoter loop that drives time.
 
 pub mod error;
 mod fenwick;

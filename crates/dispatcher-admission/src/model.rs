@@ -200,7 +200,7 @@ impl EventState {
     }
 }
 
-/// How an event queues new joins (PRODUCT.md §1.1 "Queueing modes").
+/// How an event queues new joins (docs/guarantees.md#admission).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueMode {
@@ -259,7 +259,7 @@ pub mod limits {
     pub const MAX_STARTS_AT_MS: u64 = 9_999_999_999_999;
 }
 
-/// An event's run-time settings (PRODUCT.md §1.1 "per-event settings").
+/// An event's run-time settings (docs/guarantees.md#admission).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventSettings {
@@ -292,7 +292,7 @@ pub struct EventSettings {
     pub starts_at_ms: Option<u64>,
 }
 
-/// Defaults of [`EventSettings`] (seed 003's 15-minute session, 1 h retention).
+/// Defaults of [`EventSettings`] (15-minute sessions, as the Go queue processor we replaced; 1 h retention).
 pub mod defaults {
     use super::EventState;
     pub fn session_ttl_ms() -> u64 {
@@ -377,7 +377,7 @@ impl EventSettings {
     }
 }
 
-/// The state of a ticket; every ticket is in exactly one (PRODUCT.md §1.1).
+/// The state of a ticket; every ticket is in exactly one (docs/guarantees.md#admission).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TicketState {

@@ -1,9 +1,10 @@
 //! Metric names of the admission engine, defined in one place.
 
-/// Admissions (seed 000's name), label `source`: `promoter` here; the HTTP layer adds `join`, `release`,
+/// Admissions (the replaced promotion service's name), label `source`: `promoter` here; the HTTP layer adds
+/// `join`, `release`,
 /// `configure`.
 pub const PROMOTIONS_TOTAL: &str = "dispatcher_promotions_total";
-/// Duration of one promoter round over the due events, seconds (seed 000's name).
+/// Duration of one promoter round over the due events, seconds (the replaced promotion service's name).
 pub const PROMOTION_DURATION: &str = "dispatcher_promotion_duration";
 /// Admitted tickets whose session TTL passed.
 pub const EXPIRED_TOTAL: &str = "dispatcher_admission_expired_total";

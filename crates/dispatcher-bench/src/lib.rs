@@ -1,5 +1,6 @@
 //! Benchmark drivers behind `dispatcher bench ...`: each runs a workload, measures it by the rules of
-//! PRODUCT.md §3.1 and returns a report that serialises to the one-line JSON object the CLI prints last.
+//! docs/benchmarks.md#how-a-number-is-measured and returns a report that serialises to the one-line JSON
+//! object the CLI prints last.
 
 pub mod admission;
 pub mod delivery;

@@ -1,6 +1,7 @@
 //! A `dispatcher serve` process under test: spawned from the running binary with a generated
 //! configuration, watched for readiness, measured (CPU, RSS) through `/proc`, and stopped on drop. The
-//! server runs in its own process so its CPU and memory are its own (PRODUCT.md §3.1).
+//! server runs in its own process so its CPU and memory are its own
+//! (docs/benchmarks.md#how-a-number-is-measured).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -201,7 +202,7 @@ pub fn rss_bytes_of(pid: u32) -> Option<u64> {
         .map(|kb| kb * 1024)
 }
 
-/// Reads Redis's persistence settings, for the report (PRODUCT.md §3.1).
+/// Reads Redis's persistence settings, for the report (docs/benchmarks.md#how-a-number-is-measured).
 pub async fn redis_persistence(url: &str) -> String {
     let Ok(client) = redis::Client::open(url) else {
         return "unknown".into();

@@ -1,4 +1,4 @@
-//! Metric names of the HTTP layer, defined in one place (seed 000's names kept where they exist).
+//! Metric names of the HTTP layer, defined in one place (names of the replaced promotion service kept).
 
 pub use dispatcher_admission::telemetry::{
     PROMOTIONS_TOTAL, REDIS_ERRORS_TOTAL, STORE_INTERNAL_ERRORS_TOTAL,

@@ -26,8 +26,8 @@ use crate::publish::{self, EntryValues, Published, StreamPublisher};
 use crate::snapshot::{Snapshot, Window};
 use crate::telemetry as m;
 
-/// How a relay runs. Defaults follow seed 002 where it has a knob. `Debug` leaves the URLs out (they may
-/// hold passwords).
+/// How a relay runs. Defaults follow the polling relay we replaced where it had a knob. `Debug` leaves the
+/// URLs out (they may hold passwords).
 #[derive(Clone)]
 pub struct RelayOptions {
     /// Postgres URL (`DATABASE_URL`).

@@ -1,4 +1,4 @@
-//! Metric names of the outbox relay, defined in one place. The `messaging_*` names are seed 002's.
+//! Metric names of the outbox relay, defined in one place. The `messaging_*` names are the replaced relay's.
 
 /// Relay passes, by `result` (`ok`, `idle`, `error`).
 pub const TICKS: &str = "messaging_dispatch_ticks_total";

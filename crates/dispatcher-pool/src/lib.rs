@@ -2,7 +2,7 @@
 //! async submit with backpressure, panic isolation, cheap gauges and a draining shutdown with a
 //! deadline.
 //!
-//! Unlike a pool that parks one task per waiting job (seed 004 spawns a goroutine per queued job),
+//! Unlike a pool that parks one task per waiting job (a Go pool spawning a goroutine per queued job),
 //! a full queue here makes submitters wait: memory is bounded by the queue capacity however much
 //! load is offered.
 //!

@@ -1,4 +1,4 @@
-//! Signed entry tokens of the waiting room (PRODUCT.md §1.1 "Tokens"): EdDSA (Ed25519) JWTs minted for
+//! Signed entry tokens of the waiting room (docs/guarantees.md#admission): EdDSA (Ed25519) JWTs minted for
 //! admitted tickets, the key directory they are signed with (rotation included), the JWKS that publishes
 //! the public keys, and the offline verifier a shop embeds.
 //!

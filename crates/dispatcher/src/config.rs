@@ -171,7 +171,7 @@ impl Default for ForwarderConfig {
     }
 }
 
-/// The outbox relay's settings; seed 002's environment names are kept.
+/// The outbox relay's settings; the environment names of the outbox relay it replaces are kept.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {

@@ -49,7 +49,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Benchmarks (PRODUCT.md §3.1).
+    /// Benchmarks (how they measure: docs/benchmarks.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Entry tokens: verify one offline, manage the signing keys.

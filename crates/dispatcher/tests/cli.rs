@@ -1,6 +1,7 @@
 //! Integration tests of the `dispatcher` binary: crash injection with several `serve` promoters sharing one
-//! Redis (PRODUCT.md §4), the outbox relay's processes and commands against real Postgres and Redis, push
-//! delivery's leaders and consumers paused and killed mid-run, and smoke tests of `serve` and `demo`.
+//! Redis (docs/guarantees.md#invariants), the outbox relay's processes and commands against real Postgres and
+//! Redis, push delivery's leaders and consumers paused and killed mid-run, and smoke tests of `serve` and
+//! `demo`.
 
 #[path = "cli/browser.rs"]
 mod browser;

@@ -1,7 +1,7 @@
-//! Delivery end to end in one process (PRODUCT.md §1.3): a leader and two consumers over real WebSockets
-//! and a real Redis. Every message's handler runs once and its result is recorded once; a retry is
-//! redelivered; a rejected message and one out of attempts go to the dead letters with their reason; a
-//! delivery past its ack timeout is redelivered but its handler does not run twice; a consumer shut down
+//! Delivery end to end in one process (docs/guarantees.md#push-delivery): a leader and two consumers over
+//! real WebSockets and a real Redis. Every message's handler runs once and its result is recorded once; a
+//! retry is redelivered; a rejected message and one out of attempts go to the dead letters with their reason;
+//! a delivery past its ack timeout is redelivered but its handler does not run twice; a consumer shut down
 //! mid-run hands its messages to the other and none is lost.
 
 use std::collections::{HashMap, HashSet};

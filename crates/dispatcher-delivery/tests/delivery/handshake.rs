@@ -1,8 +1,8 @@
-//! The hello/auth exchange and bad input on a link (PRODUCT.md §1.3, §4; docs/protocol.md): a side that
-//! fails the proof is refused and sees no message; bad frames, a Deliver before the hello and a wrong
-//! Auth are answered with an Error frame of the documented code and the connection closes; the handler
-//! never runs. A raw client and a raw consumer speaking the documented bytes show both sides accept a
-//! correct peer, respect credit and acknowledge.
+//! The hello/auth exchange and bad input on a link (docs/guarantees.md#push-delivery, docs/protocol.md): a
+//! side that fails the proof is refused and sees no message; bad frames, a Deliver before the hello and a
+//! wrong Auth are answered with an Error frame of the documented code and the connection closes; the handler
+//! never runs. A raw client and a raw consumer speaking the documented bytes show both sides accept a correct
+//! peer, respect credit and acknowledge.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

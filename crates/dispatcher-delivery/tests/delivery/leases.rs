@@ -1,6 +1,6 @@
-//! Partition leases and fencing (PRODUCT.md §1.3, §4): one holder at a time, renewal and release only by
-//! the holder, epochs that only go forward (also across a Redis restart and crash with AOF), and every
-//! leader-side write refused by Redis itself when it carries a stale token, changing nothing.
+//! Partition leases and fencing (docs/guarantees.md#push-delivery): one holder at a time, renewal and release
+//! only by the holder, epochs that only go forward (also across a Redis restart and crash with AOF), and
+//! every leader-side write refused by Redis itself when it carries a stale token, changing nothing.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! Bad input gets a clear JSON error with a stable code and changes nothing in the store (PRODUCT.md §4).
+//! Bad input gets a clear JSON error with a stable code and changes nothing in the store
+//! (docs/guarantees.md#bad-input).
 
 use hyper::{Method, StatusCode};
 use serde_json::json;

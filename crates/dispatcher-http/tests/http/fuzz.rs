@@ -1,6 +1,6 @@
-//! The HTTP API fuzzed (PRODUCT.md §4): schemathesis generates requests from `/openapi.json` against a real
-//! server on a real Redis and checks that nothing is a server error and every status, content type and
-//! body is the documented one; a Rust property test throws random bytes at every route as event ids,
+//! The HTTP API fuzzed (docs/guarantees.md#bad-input): schemathesis generates requests from `/openapi.json`
+//! against a real server on a real Redis and checks that nothing is a server error and every status, content
+//! type and body is the documented one; a Rust property test throws random bytes at every route as event ids,
 //! ticket ids and bodies and checks for no 5xx and JSON errors with a code.
 
 use std::path::PathBuf;

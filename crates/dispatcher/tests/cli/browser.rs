@@ -1,7 +1,7 @@
-//! The waiting page in a real browser (PRODUCT.md §2): headless Chromium (Debian's `chromium`, driven by
-//! `playwright-core` from `tests/browser/`) opens `/wait/{event}` of a `dispatcher serve`, keeps its ticket
-//! across a reload, watches its position fall as this test completes the tickets ahead of it, and lands on
-//! the target page with an entry token in the URL fragment; the token verifies against the JWKS.
+//! The waiting page in a real browser (docs/guarantees.md#admission): headless Chromium (Debian's `chromium`,
+//! driven by `playwright-core` from `tests/browser/`) opens `/wait/{event}` of a `dispatcher serve`, keeps
+//! its ticket across a reload, watches its position fall as this test completes the tickets ahead of it, and
+//! lands on the target page with an entry token in the URL fragment; the token verifies against the JWKS.
 //!
 //! Needs `node` (≥ 18), `npm ci` run in `crates/dispatcher/tests/browser/`, and `/usr/bin/chromium`
 //! (`apt-get install chromium`); `.ci/run` installs them. Without them the test fails and says so.

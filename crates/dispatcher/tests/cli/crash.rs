@@ -1,6 +1,6 @@
-//! Crash injection (PRODUCT.md §4): four `dispatcher serve` promoters share one Redis while a crowd joins
-//! three small events with short sessions; one promoter is SIGKILLed mid-run. Every admission invariant
-//! must still hold, and the survivors must carry on expiring sessions and refilling slots.
+//! Crash injection (docs/guarantees.md#invariants): four `dispatcher serve` promoters share one Redis while a
+//! crowd joins three small events with short sessions; one promoter is SIGKILLed mid-run. Every admission
+//! invariant must still hold, and the survivors must carry on expiring sessions and refilling slots.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;

@@ -1,9 +1,9 @@
-//! Push delivery as processes (PRODUCT.md §1.3, §4): `dispatcher delivery run` leaders and `dispatcher
-//! consumer` services sharing one Redis. A leader paused with SIGSTOP is fenced and writes nothing after
-//! it resumes; leaders SIGKILLed mid-run lose no message and make no handler run twice; a consumer
-//! SIGKILLed mid-run loses nothing and only the messages that were in its hands run again. The consumers'
-//! run logs (`R` handler about to run, `W` result recorded by this consumer, `D` found done) are the
-//! audit trail.
+//! Push delivery as processes (docs/guarantees.md#push-delivery): `dispatcher delivery run` leaders and
+//! `dispatcher consumer` services sharing one Redis. A leader paused with SIGSTOP is fenced and writes
+//! nothing after it resumes; leaders SIGKILLed mid-run lose no message and make no handler run twice; a
+//! consumer SIGKILLed mid-run loses nothing and only the messages that were in its hands run again. The
+//! consumers' run logs (`R` handler about to run, `W` result recorded by this consumer, `D` found done) are
+//! the audit trail.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;

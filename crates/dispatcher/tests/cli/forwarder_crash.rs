@@ -1,5 +1,5 @@
-//! Forwarder crash (PRODUCT.md §1.1 "Streams", §4): a `dispatcher serve` whose forwarder stops between
-//! writing a batch to the dispatch stream and acknowledging it (failpoint `forwarder_after_write`) is
+//! Forwarder crash (docs/guarantees.md#admission, "Streams"): a `dispatcher serve` whose forwarder stops
+//! between writing a batch to the dispatch stream and acknowledging it (failpoint `forwarder_after_write`) is
 //! SIGKILLed there. A second `serve` against the same Redis takes the dead consumer's pending entries over
 //! and carries on. Every admission reaches the dispatch stream, the only duplicates are the tickets the
 //! killed process had written, and nothing stays pending.

@@ -1,5 +1,5 @@
-//! The outbox relay as processes (PRODUCT.md §1.2, §4): `dispatcher outbox run` SIGKILLed mid-run while
-//! another takes over, Redis crashed and restarted under a running relay, the `DISPATCHER_ENABLED` kill
+//! The outbox relay as processes (docs/guarantees.md#outbox-relay): `dispatcher outbox run` SIGKILLed mid-run
+//! while another takes over, Redis crashed and restarted under a running relay, the `DISPATCHER_ENABLED` kill
 //! switch, and the `migrate`, `status`, `replay` and `prune` commands with good and bad input.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
