@@ -287,7 +287,7 @@ fn paths_and_schemas() -> Value {
             "/metrics": {
                 "get": { "summary": "Prometheus metrics", "tags": ["ops"], "responses": {
                     "200": { "description": "Text exposition format", "content": { "text/plain": { "schema": { "type": "string" } } } },
-                    "404": err("No metrics recorder in this process") } }
+                    "404": err("No metrics recorder in this process, or metrics served on DISPATCHER_METRICS_ADDR instead (metrics_elsewhere)") } }
             },
             "/wait/{event}": {
                 "get": { "summary": "The visitor waiting page", "tags": ["pages"], "parameters": [event_param()],
@@ -347,7 +347,7 @@ fn paths_and_schemas() -> Value {
                     "type": "object", "properties": { "ticket": { "type": "string" }, "expires_at_ms": { "type": "integer" } } } } } },
                 "Key": { "type": "object", "properties": { "kid": { "type": "string" }, "active_from_ms": { "type": "integer" } } },
                 "Jwks": { "type": "object", "properties": { "keys": { "type": "array", "items": { "type": "object" } } } },
-                "Readiness": { "type": "object", "properties": { "store": { "type": "string" }, "promoter": { "type": "string" } } }
+                "Readiness": { "type": "object", "description": "ok/unreachable for the store, running/stopped for the promoter, and one field per other engine the process runs (e.g. outbox: running, connecting or stopped); not ready while any is not ok or running", "properties": { "store": { "type": "string" }, "promoter": { "type": "string" }, "outbox": { "type": "string", "enum": ["running", "connecting", "stopped"] } }, "additionalProperties": { "type": "string" } }
             }
         }
     })
