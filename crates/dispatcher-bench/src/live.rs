@@ -267,11 +267,14 @@ pub async fn run(opts: &LiveBenchOptions) -> Result<LiveBenchReport, BenchError>
     let plan: Vec<(usize, &'static str)> = (0..n_c + n_e)
         .map(|i| (i, if i < n_c { EV_C } else { EV_E }))
         .collect();
+    // Joins from `per_address` visitors an address: concurrent joins open connections at once, and the
+    // server's per-address connection cap stays on.
+    let per = opts.per_address;
     let joined: Vec<Result<Visitor, BenchError>> = futures_util::stream::iter(plan)
         .map(|(i, event)| async move {
             let r = request(
                 addr,
-                i / 100,
+                i / per,
                 "POST",
                 &format!("/v1/events/{event}/tickets"),
                 "{}",
