@@ -117,3 +117,131 @@ impl<S: AdmissionStore> JoinBatcher<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatcher_admission::{
+        BulkReleased, Configured, DeletedEvent, EntryRecord, EventInfo, EventSettings, EventState,
+        Joined, MemoryStore, MemoryStoreOptions, Release, Released, Result, Revocation, Tick,
+        Ticket, TicketId,
+    };
+
+    /// The in-process store, except that a batch of joins panics (a bug in a store).
+    struct PanickingJoins(MemoryStore);
+
+    impl AdmissionStore for PanickingJoins {
+        fn kind(&self) -> &'static str {
+            self.0.kind()
+        }
+        fn shard_count(&self) -> u16 {
+            self.0.shard_count()
+        }
+        async fn now_ms(&self) -> Result<u64> {
+            self.0.now_ms().await
+        }
+        async fn configure(&self, e: &EventId, s: &EventSettings) -> Result<Configured> {
+            self.0.configure(e, s).await
+        }
+        async fn set_state(&self, e: &EventId, s: EventState) -> Result<u64> {
+            self.0.set_state(e, s).await
+        }
+        async fn event(&self, e: &EventId) -> Result<EventInfo> {
+            self.0.event(e).await
+        }
+        async fn join(&self, e: &EventId, u: Option<&UserId>) -> Result<Joined> {
+            self.0.join(e, u).await
+        }
+        async fn join_many(
+            &self,
+            _: &EventId,
+            _: &[Option<UserId>],
+        ) -> Result<Vec<Result<Joined>>> {
+            panic!("a bug in the store's join_many")
+        }
+        async fn ticket(&self, e: &EventId, t: &TicketId) -> Result<Ticket> {
+            self.0.ticket(e, t).await
+        }
+        async fn heartbeat(&self, e: &EventId, t: &TicketId) -> Result<Ticket> {
+            self.0.heartbeat(e, t).await
+        }
+        async fn release(&self, e: &EventId, t: &TicketId, how: Release) -> Result<Released> {
+            self.0.release(e, t, how).await
+        }
+        async fn release_many(
+            &self,
+            e: &EventId,
+            t: &[TicketId],
+            how: Release,
+        ) -> Result<BulkReleased> {
+            self.0.release_many(e, t, how).await
+        }
+        async fn promote(&self, e: &EventId) -> Result<u64> {
+            self.0.promote(e).await
+        }
+        async fn tick(&self, e: &EventId) -> Result<Tick> {
+            self.0.tick(e).await
+        }
+        async fn due_events(
+            &self,
+            shard: u16,
+            now: u64,
+            offset: usize,
+            limit: usize,
+        ) -> Result<Vec<EventId>> {
+            self.0.due_events(shard, now, offset, limit).await
+        }
+        async fn next_due(&self) -> Result<Option<u64>> {
+            self.0.next_due().await
+        }
+        async fn active_events(&self, shard: u16) -> Result<Vec<EventId>> {
+            self.0.active_events(shard).await
+        }
+        async fn events(&self, shard: u16) -> Result<Vec<EventId>> {
+            self.0.events(shard).await
+        }
+        async fn entry_records(
+            &self,
+            shard: u16,
+            after: &str,
+            count: usize,
+        ) -> Result<Vec<EntryRecord>> {
+            self.0.entry_records(shard, after, count).await
+        }
+        async fn live(&self, e: &EventId, t: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
+            self.0.live(e, t).await
+        }
+        async fn revocations(&self, e: &EventId) -> Result<Vec<Revocation>> {
+            self.0.revocations(e).await
+        }
+        async fn delete_event(&self, e: &EventId, force: bool) -> Result<DeletedEvent> {
+            self.0.delete_event(e, force).await
+        }
+        async fn last_entry_id(&self, shard: u16) -> Result<String> {
+            self.0.last_entry_id(shard).await
+        }
+        async fn changed(&self) {
+            self.0.changed().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_join_batch_is_an_internal_error_never_store_down() {
+        let store = Arc::new(PanickingJoins(MemoryStore::new(
+            MemoryStoreOptions::default(),
+        )));
+        let event = EventId::new("drop").expect("id");
+        store
+            .configure(&event, &EventSettings::with_capacity(5))
+            .await
+            .expect("configure");
+        let batcher = Arc::new(JoinBatcher::new(store, 8, 1));
+        let err = batcher
+            .join(&event, None)
+            .await
+            .expect_err("the batch panicked");
+        // Unavailable would let a fail-open event mint a token for a ticket that does not exist.
+        assert!(matches!(err, AdmissionError::Internal(_)), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+}
