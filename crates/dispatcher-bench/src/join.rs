@@ -38,6 +38,10 @@ pub struct JoinBenchOptions {
     pub capacity: u64,
     /// The server's per-address join limit (per second; burst is twice it).
     pub join_rate_per_ip: f64,
+    /// Offered rates of the ramp run before the fixed-rate run (empty: no ramp), ascending.
+    pub ramp: Vec<f64>,
+    /// Length of each ramp step.
+    pub ramp_step: Duration,
 }
 
 impl Default for JoinBenchOptions {
@@ -51,6 +55,8 @@ impl Default for JoinBenchOptions {
             events: 10,
             capacity: 1_000,
             join_rate_per_ip: 100.0,
+            ramp: (1..=10).map(|k| f64::from(k) * 5_000.0).collect(),
+            ramp_step: Duration::from_secs(5),
         }
     }
 }
@@ -64,6 +70,8 @@ impl JoinBenchOptions {
             rate: 2_000.0,
             duration: Duration::from_secs(3),
             connections: 32,
+            ramp: vec![500.0, 1_000.0],
+            ramp_step: Duration::from_secs(2),
             ..Self::default()
         }
     }
@@ -105,6 +113,79 @@ pub struct JoinBenchReport {
     pub join_rate_per_ip: f64,
     /// Redis persistence settings.
     pub redis_persistence: String,
+    /// The highest offered rate of the ramp that held (≥ 95 % achieved, no errors, p99 ≤ 20 ms from due
+    /// time); `None` without a ramp or when even its first step did not hold.
+    pub ceiling_joins_per_sec: Option<f64>,
+    /// The ramp's steps, in order (it stops after the first step that does not hold).
+    pub ceiling_steps: Vec<RampStep>,
+}
+
+/// One step of the ramp.
+#[derive(Debug, Clone, Serialize)]
+pub struct RampStep {
+    /// Offered joins per second.
+    pub offered_per_sec: f64,
+    /// Achieved joins per second.
+    pub joins_per_sec: f64,
+    /// Latency from due time, p99, ms.
+    pub p99_ms: f64,
+    /// Requests without a successful answer.
+    pub errors: u64,
+    /// Whether the step held its offered rate.
+    pub held: bool,
+}
+
+/// The p99 latency from due time a ramp step must keep to hold, ms.
+pub const CEILING_P99_MS: f64 = 20.0;
+
+/// Whether a run held its offered rate: at least 95 % of it achieved, no errors, p99 within
+/// [`CEILING_P99_MS`].
+pub fn holds(offered: f64, achieved: f64, p99_ms: f64, errors: u64) -> bool {
+    errors == 0 && achieved >= 0.95 * offered && p99_ms <= CEILING_P99_MS
+}
+
+/// The highest offered rate among the steps that held, counting only the unbroken run of held steps
+/// from the start (a step that held after one that did not is luck, not a ceiling).
+pub fn ceiling_of(steps: &[RampStep]) -> Option<f64> {
+    steps
+        .iter()
+        .take_while(|s| s.held)
+        .map(|s| s.offered_per_sec)
+        .reduce(f64::max)
+}
+
+/// Runs the ramp: each rate of `opts.ramp` for `opts.ramp_step` against a fresh server, in order, until a
+/// step does not hold.
+pub async fn ramp(opts: &JoinBenchOptions) -> Result<Vec<RampStep>, BenchError> {
+    let mut steps = Vec::with_capacity(opts.ramp.len());
+    for &rate in &opts.ramp {
+        let step = JoinBenchOptions {
+            rate,
+            duration: opts.ramp_step,
+            ramp: Vec::new(),
+            ..opts.clone()
+        };
+        let r = run(&step).await?;
+        let held = holds(rate, r.joins_per_sec, r.p99_ms, r.errors);
+        eprintln!(
+            "  ramp: offered {rate:.0}/s → {:.0}/s, p99 {:.1} ms, {} errors{}",
+            r.joins_per_sec,
+            r.p99_ms,
+            r.errors,
+            if held { "" } else { " — not held" }
+        );
+        steps.push(RampStep {
+            offered_per_sec: rate,
+            joins_per_sec: r.joins_per_sec,
+            p99_ms: r.p99_ms,
+            errors: r.errors,
+            held,
+        });
+        if !held {
+            break;
+        }
+    }
+    Ok(steps)
 }
 
 impl std::fmt::Display for JoinBenchReport {
@@ -139,12 +220,62 @@ impl std::fmt::Display for JoinBenchReport {
             "  latency from due time: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms
         )?;
-        write!(
+        writeln!(
             f,
             "  server: {:.0}% CPU (of one core), RSS {:.1} MB",
             self.server_cpu_percent,
             self.server_rss_bytes as f64 / 1e6
-        )
+        )?;
+        match (self.ceiling_joins_per_sec, self.ceiling_steps.is_empty()) {
+            (_, true) => write!(f, "  ramp: not run"),
+            (Some(c), false) => write!(
+                f,
+                "  ceiling: {c:.0} joins/s offered and held (p99 ≤ {CEILING_P99_MS} ms, ≥ 95 % achieved, no errors)"
+            ),
+            (None, false) => write!(
+                f,
+                "  ceiling: none (the ramp's first step, {:.0}/s, did not hold)",
+                self.ceiling_steps[0].offered_per_sec
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(offered: f64, held: bool) -> RampStep {
+        RampStep {
+            offered_per_sec: offered,
+            joins_per_sec: offered,
+            p99_ms: 1.0,
+            errors: 0,
+            held,
+        }
+    }
+
+    #[test]
+    fn a_step_holds_only_with_its_rate_no_errors_and_the_p99() {
+        assert!(holds(10_000.0, 9_600.0, 19.9, 0));
+        assert!(!holds(10_000.0, 9_400.0, 5.0, 0), "under 95 % achieved");
+        assert!(!holds(10_000.0, 10_000.0, 20.5, 0), "p99 over 20 ms");
+        assert!(!holds(10_000.0, 10_000.0, 5.0, 1), "an error");
+    }
+
+    #[test]
+    fn the_ceiling_is_the_last_step_of_the_unbroken_held_run() {
+        assert_eq!(ceiling_of(&[]), None);
+        assert_eq!(ceiling_of(&[step(5e3, false)]), None);
+        assert_eq!(
+            ceiling_of(&[step(5e3, true), step(1e4, true), step(1.5e4, false)]),
+            Some(1e4)
+        );
+        assert_eq!(
+            ceiling_of(&[step(5e3, true), step(1e4, false), step(1.5e4, true)]),
+            Some(5e3),
+            "a held step after a failed one does not raise the ceiling"
+        );
     }
 }
 
@@ -266,7 +397,22 @@ pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError>
         server_rss_bytes: rss,
         join_rate_per_ip: opts.join_rate_per_ip,
         redis_persistence: persistence,
+        ceiling_joins_per_sec: None,
+        ceiling_steps: Vec::new(),
     })
+}
+
+/// The ramp (when configured), then the fixed-rate run; the report carries both.
+pub async fn run_with_ramp(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError> {
+    let steps = if opts.ramp.is_empty() {
+        Vec::new()
+    } else {
+        ramp(opts).await?
+    };
+    let mut report = run(opts).await?;
+    report.ceiling_joins_per_sec = ceiling_of(&steps);
+    report.ceiling_steps = steps;
+    Ok(report)
 }
 
 /// Decimal digits of `n`.

@@ -176,6 +176,9 @@ struct JoinArgs {
     /// The server's join limit per client address, per second.
     #[arg(long, default_value_t = 100.0)]
     join_rate_per_ip: f64,
+    /// Skip the ramp (5,000 to 50,000 joins/s offered, 5 s a step) that finds `ceiling_joins_per_sec`.
+    #[arg(long)]
+    no_ramp: bool,
     /// A short run for CI.
     #[arg(long)]
     smoke: bool,
@@ -380,9 +383,9 @@ fn this_exe() -> anyhow::Result<PathBuf> {
 }
 
 async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
-    use dispatcher_bench::join::{JoinBenchOptions, run};
+    use dispatcher_bench::join::{JoinBenchOptions, run_with_ramp};
     let exe = this_exe()?;
-    let opts = if a.smoke {
+    let mut opts = if a.smoke {
         JoinBenchOptions::smoke(exe, a.redis)
     } else {
         JoinBenchOptions {
@@ -394,15 +397,19 @@ async fn bench_join(a: JoinArgs) -> anyhow::Result<()> {
             events: a.events,
             capacity: a.capacity,
             join_rate_per_ip: a.join_rate_per_ip,
+            ..JoinBenchOptions::default()
         }
     };
+    if a.no_ramp {
+        opts.ramp.clear();
+    }
     eprintln!(
         "bench join: offering {:.0} joins/s for {:.0} s over {} connections…",
         opts.rate,
         opts.duration.as_secs_f64(),
         opts.connections
     );
-    let report = run(&opts).await.context("join benchmark")?;
+    let report = run_with_ramp(&opts).await.context("join benchmark")?;
     println!("{report}");
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
