@@ -241,44 +241,6 @@ impl std::fmt::Display for JoinBenchReport {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn step(offered: f64, held: bool) -> RampStep {
-        RampStep {
-            offered_per_sec: offered,
-            joins_per_sec: offered,
-            p99_ms: 1.0,
-            errors: 0,
-            held,
-        }
-    }
-
-    #[test]
-    fn a_step_holds_only_with_its_rate_no_errors_and_the_p99() {
-        assert!(holds(10_000.0, 9_600.0, 19.9, 0));
-        assert!(!holds(10_000.0, 9_400.0, 5.0, 0), "under 95 % achieved");
-        assert!(!holds(10_000.0, 10_000.0, 20.5, 0), "p99 over 20 ms");
-        assert!(!holds(10_000.0, 10_000.0, 5.0, 1), "an error");
-    }
-
-    #[test]
-    fn the_ceiling_is_the_last_step_of_the_unbroken_held_run() {
-        assert_eq!(ceiling_of(&[]), None);
-        assert_eq!(ceiling_of(&[step(5e3, false)]), None);
-        assert_eq!(
-            ceiling_of(&[step(5e3, true), step(1e4, true), step(1.5e4, false)]),
-            Some(1e4)
-        );
-        assert_eq!(
-            ceiling_of(&[step(5e3, true), step(1e4, false), step(1.5e4, true)]),
-            Some(5e3),
-            "a held step after a failed one does not raise the ceiling"
-        );
-    }
-}
-
 /// Runs the benchmark.
 pub async fn run(opts: &JoinBenchOptions) -> Result<JoinBenchReport, BenchError> {
     if opts.rate <= 0.0 || opts.connections == 0 || opts.events == 0 {
@@ -539,4 +501,42 @@ async fn drive(stream: tokio::net::TcpStream, ctx: ConnCtx) -> Result<(), BenchE
     }
     let _ = reader.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(offered: f64, held: bool) -> RampStep {
+        RampStep {
+            offered_per_sec: offered,
+            joins_per_sec: offered,
+            p99_ms: 1.0,
+            errors: 0,
+            held,
+        }
+    }
+
+    #[test]
+    fn a_step_holds_only_with_its_rate_no_errors_and_the_p99() {
+        assert!(holds(10_000.0, 9_600.0, 19.9, 0));
+        assert!(!holds(10_000.0, 9_400.0, 5.0, 0), "under 95 % achieved");
+        assert!(!holds(10_000.0, 10_000.0, 20.5, 0), "p99 over 20 ms");
+        assert!(!holds(10_000.0, 10_000.0, 5.0, 1), "an error");
+    }
+
+    #[test]
+    fn the_ceiling_is_the_last_step_of_the_unbroken_held_run() {
+        assert_eq!(ceiling_of(&[]), None);
+        assert_eq!(ceiling_of(&[step(5e3, false)]), None);
+        assert_eq!(
+            ceiling_of(&[step(5e3, true), step(1e4, true), step(1.5e4, false)]),
+            Some(1e4)
+        );
+        assert_eq!(
+            ceiling_of(&[step(5e3, true), step(1e4, false), step(1.5e4, true)]),
+            Some(5e3),
+            "a held step after a failed one does not raise the ceiling"
+        );
+    }
 }
