@@ -450,10 +450,6 @@ impl Config {
     }
 
     fn apply_outbox_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
-        }
         let o = &mut self.outbox;
         if let Some(v) = get("DISPATCHER_ENABLED") {
             o.enabled = parse_bool("DISPATCHER_ENABLED", &v)?;
@@ -510,10 +506,6 @@ impl Config {
     }
 
     fn apply_http_edge_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
-        }
         let h = &mut self.http;
         for (name, field) in [
             (
@@ -564,36 +556,7 @@ impl Config {
         }
     }
 
-    fn validate_http_edge(&self) -> anyhow::Result<()> {
-        let h = &self.http;
-        for (name, v, lo, hi) in [
-            ("http.header_timeout_ms", h.header_timeout_ms, 100, 600_000),
-            ("http.body_timeout_ms", h.body_timeout_ms, 100, 600_000),
-            ("http.idle_timeout_ms", h.idle_timeout_ms, 1_000, 3_600_000),
-            ("http.visitor_timeout_ms", h.visitor_timeout_ms, 50, 60_000),
-        ] {
-            if !(lo..=hi).contains(&v) {
-                bail!("{name} must be between {lo} and {hi}, not {v}");
-            }
-        }
-        for (name, v) in [
-            ("http.max_connections", h.max_connections.unwrap_or(1)),
-            ("http.max_connections_per_ip", h.max_connections_per_ip),
-            ("http.max_live_streams", h.max_live_streams.unwrap_or(1)),
-            ("http.max_live_streams_per_ip", h.max_live_streams_per_ip),
-        ] {
-            if !(1..=1_000_000).contains(&v) {
-                bail!("{name} must be between 1 and 1000000, not {v}");
-            }
-        }
-        Ok(())
-    }
-
     fn apply_delivery_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
-        }
         let d = &mut self.delivery;
         if let Some(v) = get("DISPATCHER_DELIVERY_STREAM") {
             d.stream = Some(v);
@@ -707,8 +670,10 @@ impl Config {
             ("http.request_rate_per_ip", self.http.request_rate_per_ip),
             ("http.request_burst_per_ip", self.http.request_burst_per_ip),
         ] {
-            if !v.is_finite() || v < 0.0 {
-                bail!("{name} must be a number ≥ 0 (0 turns the limit off), not {v}");
+            if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+                bail!(
+                    "{name} must be a number from 0 (0 turns the limit off) to 1000000000, not {v}"
+                );
             }
         }
         if self.http.max_body_bytes < 256 || self.http.max_body_bytes > 16 * 1024 * 1024 {
@@ -720,26 +685,62 @@ impl Config {
         if self.http.live_interval_ms < 100 || self.http.live_interval_ms > 60_000 {
             bail!("http.live_interval_ms must be between 100 and 60000");
         }
-        for (name, v) in [
-            ("http.join_rate_per_ip", self.http.join_rate_per_ip),
-            ("http.join_burst_per_ip", self.http.join_burst_per_ip),
-            ("http.join_rate_per_user", self.http.join_rate_per_user),
-            ("http.join_burst_per_user", self.http.join_burst_per_user),
-            ("http.request_rate_per_ip", self.http.request_rate_per_ip),
-            ("http.request_burst_per_ip", self.http.request_burst_per_ip),
-        ] {
-            if v > 1e9 {
-                bail!("{name} must be at most 1000000000, not {v}");
-            }
-        }
-        self.validate_http_edge()?;
         let p = &self.promoter;
         let f = &self.forwarder;
         let o = &self.outbox;
         let d = &self.delivery;
+        let h = &self.http;
         // Every count and duration has an upper bound: a huge value would overflow later (a Postgres
         // interval, a Redis TTL, a Duration) instead of being refused here with its name.
-        let bounds: [(&str, u64, u64, u64); 27] = [
+        let bounds: [(&str, u64, u64, u64); 35] = [
+            (
+                "http.header_timeout_ms (DISPATCHER_HTTP_HEADER_TIMEOUT_MS)",
+                h.header_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "http.body_timeout_ms (DISPATCHER_HTTP_BODY_TIMEOUT_MS)",
+                h.body_timeout_ms,
+                100,
+                600_000,
+            ),
+            (
+                "http.idle_timeout_ms (DISPATCHER_HTTP_IDLE_TIMEOUT_MS)",
+                h.idle_timeout_ms,
+                1_000,
+                3_600_000,
+            ),
+            (
+                "http.visitor_timeout_ms (DISPATCHER_VISITOR_TIMEOUT_MS)",
+                h.visitor_timeout_ms,
+                50,
+                60_000,
+            ),
+            (
+                "http.max_connections (DISPATCHER_HTTP_MAX_CONNECTIONS)",
+                h.max_connections.map_or(1, |v| v as u64),
+                1,
+                1_000_000,
+            ),
+            (
+                "http.max_connections_per_ip (DISPATCHER_HTTP_MAX_CONNECTIONS_PER_IP)",
+                h.max_connections_per_ip as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "http.max_live_streams (DISPATCHER_LIVE_MAX_STREAMS)",
+                h.max_live_streams.map_or(1, |v| v as u64),
+                1,
+                1_000_000,
+            ),
+            (
+                "http.max_live_streams_per_ip (DISPATCHER_LIVE_MAX_STREAMS_PER_IP)",
+                h.max_live_streams_per_ip as u64,
+                1,
+                1_000_000,
+            ),
             (
                 "entry_stream_maxlen (DISPATCHER_ENTRY_STREAM_MAXLEN)",
                 self.entry_stream_maxlen,
@@ -911,6 +912,12 @@ impl Config {
     }
 }
 
+/// A number from the environment variable `name`; the error names it.
+fn num<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T> {
+    v.parse()
+        .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+}
+
 fn parse_bool(name: &str, v: &str) -> anyhow::Result<bool> {
     Ok(match v {
         "1" | "true" | "yes" | "on" => true,
@@ -1016,6 +1023,14 @@ session_ttl_ms = 900000
             "DISPATCHER_CLAIM_TTL_MS",
             "DISPATCHER_CONSUMER_HANDSHAKE_TIMEOUT_MS",
             "DISPATCHER_CONSUMER_MAX_HANDSHAKES",
+            "DISPATCHER_HTTP_HEADER_TIMEOUT_MS",
+            "DISPATCHER_HTTP_BODY_TIMEOUT_MS",
+            "DISPATCHER_HTTP_IDLE_TIMEOUT_MS",
+            "DISPATCHER_VISITOR_TIMEOUT_MS",
+            "DISPATCHER_HTTP_MAX_CONNECTIONS",
+            "DISPATCHER_HTTP_MAX_CONNECTIONS_PER_IP",
+            "DISPATCHER_LIVE_MAX_STREAMS",
+            "DISPATCHER_LIVE_MAX_STREAMS_PER_IP",
         ] {
             let e = Config::load(None, &env(&[(name, &max)])).expect_err(name);
             let e = format!("{e:#}");
