@@ -33,4 +33,4 @@ pub use error::{Error, Result};
 pub use postgres::Postgres;
 pub use redis::{RedisOptions, RedisServer};
 pub use resp::{RespConnection, RespValue, command};
-pub use util::{free_port, free_port_with_bus, process_alive, wait_until};
+pub use util::{free_port, free_port_with_bus, process_alive, silent_server, wait_until};

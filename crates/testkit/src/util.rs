@@ -51,6 +51,24 @@ pub fn free_port() -> Result<u16> {
     ))
 }
 
+/// A server on 127.0.0.1 that accepts every connection and never says a word (a peer that hangs after
+/// the TCP handshake); its port. The connections are held until the process ends.
+pub fn silent_server() -> Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| Error::NoFreePort(format!("bind 127.0.0.1:0: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::NoFreePort(format!("local_addr: {e}")))?
+        .port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    Ok(port)
+}
+
 /// A port `p` such that both `p` and `p + 10000` (a Redis Cluster bus port) are free on 127.0.0.1.
 ///
 /// Never hands out a port (or bus port) twice within one process.

@@ -1,7 +1,6 @@
 //! Errors say what went wrong: a Postgres error carries the server's code, message and detail (not only
 //! tokio-postgres's "db error"), and connecting to a server that never answers ends within the timeout.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use dispatcher_outbox::{OutboxError, db};
@@ -27,14 +26,7 @@ async fn postgres_errors_show_the_servers_message_and_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_is_given_up_on_within_the_timeout() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming().flatten() {
-            held.push(s);
-        }
-    });
+    let port = testkit::silent_server().expect("a silent server");
     let started = Instant::now();
     let e = db::connect_within(
         &format!("postgres://app@127.0.0.1:{port}/db"),

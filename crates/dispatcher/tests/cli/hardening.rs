@@ -4,7 +4,7 @@
 //! settings refused, and the reference consumer's limits before authentication.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -265,23 +265,10 @@ fn absurd_rates_and_durations_are_refused_at_start_without_a_panic() {
     }
 }
 
-/// A server that accepts connections and never says a word.
-fn silent_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in l.incoming().flatten() {
-            held.push(s);
-        }
-    });
-    port
-}
-
 #[test]
 fn a_postgres_that_never_answers_is_given_up_on_and_sigterm_is_obeyed() {
     let redis = RedisServer::start().expect("spawn redis-server");
-    let port = silent_server();
+    let port = testkit::silent_server().expect("a silent server");
     let db = format!("postgres://app@127.0.0.1:{port}/shop");
     let started = Instant::now();
     let mut cmd = with_urls(&["outbox", "status"], Some(&db), Some(&redis.url()));
