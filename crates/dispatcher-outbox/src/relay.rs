@@ -260,28 +260,29 @@ impl Relay {
                 Ok(Some(client)) => crate::schema::check(&client).await,
                 Err(e) => Err(e),
             };
-            match checked {
+            let e = match checked {
                 Ok(()) => return Ok(true),
-                // A relay may start before `outbox migrate` (a deployment's jobs race): wait for it.
-                Err(OutboxError::SchemaMissing) if !self.opts.wait_for_schema => {
-                    return Err(OutboxError::SchemaMissing);
-                }
-                Err(e) if !e.is_retryable() && !matches!(e, OutboxError::SchemaMissing) => {
-                    return Err(e);
-                }
-                Err(e) => {
-                    tries = tries.saturating_add(1);
-                    let wait = Backoff {
-                        base: Duration::from_millis(200),
-                        max: Duration::from_secs(5),
-                    }
-                    .next(tries);
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres unavailable at start; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(false),
-                    }
-                }
+                Err(e) => e,
+            };
+            // A relay may start before `outbox migrate` (a deployment's jobs race): it waits for the
+            // schema when told to, and for what may pass.
+            let waits = match &e {
+                OutboxError::SchemaMissing => self.opts.wait_for_schema,
+                other => other.is_retryable(),
+            };
+            if !waits {
+                return Err(e);
+            }
+            tries = tries.saturating_add(1);
+            let wait = Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+            }
+            .next(tries);
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres not ready at start; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return Ok(false),
             }
         }
     }
