@@ -279,7 +279,7 @@ impl Relay {
                 max: Duration::from_secs(5),
             }
             .next(tries);
-            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres not ready at start; retrying");
+            tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "postgres unavailable at start; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait_for(|s| *s) => return Ok(false),
