@@ -335,22 +335,19 @@ fn render_event_gauges(
     if counts.is_empty() {
         return;
     }
-    for (name, help, pick) in [
-        (
-            telemetry::EVENT_WAITING,
-            "Tickets waiting per event.",
-            (|c: &(u64, u64)| c.0) as fn(&(u64, u64)) -> u64,
-        ),
+    for (name, help, waiting) in [
+        (telemetry::EVENT_WAITING, "Tickets waiting per event.", true),
         (
             telemetry::EVENT_ADMITTED,
             "Tickets admitted per event.",
-            |c: &(u64, u64)| c.1,
+            false,
         ),
     ] {
         let _ = writeln!(page, "# HELP {name} {help}\n# TYPE {name} gauge");
         for (event, c) in counts {
             // Event ids are ASCII letters, digits, '.', '_' and '-': nothing to escape in a label.
-            let _ = writeln!(page, "{name}{{event=\"{event}\"}} {}", pick(c));
+            let v = if waiting { c.0 } else { c.1 };
+            let _ = writeln!(page, "{name}{{event=\"{event}\"}} {v}");
         }
     }
 }

@@ -243,9 +243,9 @@ async fn serve_with<S: AdmissionStore>(
             .with_context(|| format!("DISPATCHER_METRICS_ADDR: listening on {addr}"))?;
         tracing::info!(addr = %listener.local_addr().context("metrics address")?, "metrics listening");
         let router = dispatcher_http::metrics_router(app.clone());
+        // A scraper or two: a few connections, the usual timeouts.
         let edge = dispatcher_http::EdgeOptions {
             max_connections: 64,
-            max_live_streams: 1,
             ..Default::default()
         };
         let stop = stopped();

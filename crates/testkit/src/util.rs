@@ -28,6 +28,17 @@ fn bindable(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
+/// A listener on a port of 127.0.0.1 the kernel picked, and that port.
+fn bind_loopback() -> Result<(TcpListener, u16)> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| Error::NoFreePort(format!("bind 127.0.0.1:0: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::NoFreePort(format!("local_addr: {e}")))?
+        .port();
+    Ok((listener, port))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 ///
 /// The kernel picks it (bind to port 0); a port is never handed out twice within one process.
@@ -36,12 +47,7 @@ fn bindable(port: u16) -> bool {
 pub fn free_port() -> Result<u16> {
     let mut used = handed_out();
     for _ in 0..1_000 {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| Error::NoFreePort(format!("bind 127.0.0.1:0: {e}")))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| Error::NoFreePort(format!("local_addr: {e}")))?
-            .port();
+        let (_listener, port) = bind_loopback()?;
         if used.insert(port) {
             return Ok(port);
         }
@@ -54,12 +60,7 @@ pub fn free_port() -> Result<u16> {
 /// A server on 127.0.0.1 that accepts every connection and never says a word (a peer that hangs after
 /// the TCP handshake); its port. The connections are held until the process ends.
 pub fn silent_server() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| Error::NoFreePort(format!("bind 127.0.0.1:0: {e}")))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| Error::NoFreePort(format!("local_addr: {e}")))?
-        .port();
+    let (listener, port) = bind_loopback()?;
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for s in listener.incoming().flatten() {

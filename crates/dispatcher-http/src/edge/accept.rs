@@ -41,7 +41,7 @@ pub async fn serve(
         .keep_alive(true);
     let builder = Arc::new(builder);
     let mut connections = tokio::task::JoinSet::new();
-    let mut emfile_logged: Option<Instant> = None;
+    let mut last_accept_warning: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -55,9 +55,9 @@ pub async fn serve(
             Err(e) => {
                 // Out of descriptors (EMFILE/ENFILE) or a connection reset before it was taken: wait a
                 // little so a full table does not spin the loop, and say so at most once a second.
-                if emfile_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if last_accept_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    emfile_logged = Some(Instant::now());
+                    last_accept_warning = Some(Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;

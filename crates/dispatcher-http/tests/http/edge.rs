@@ -13,12 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{ADMIN, Server, Setup, settings};
 
-/// Writes `request` on a fresh connection and returns what the server answered until it closed or
-/// `PATIENCE` passed.
-async fn raw(srv: &Server, request: &[u8]) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect");
+/// Writes `request` on a fresh connection to `addr` and returns what the server answered until it closed
+/// or `PATIENCE` passed.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(request).await.expect("write");
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -145,7 +143,7 @@ async fn a_join_must_be_a_json_object_declared_as_json() {
         );
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body);
-        let answer = raw(&srv, &bytes).await;
+        let answer = raw(srv.addr, &bytes).await;
         assert!(
             answer.starts_with("HTTP/1.1 415"),
             "{ct:?}: a join not declared JSON is refused: {answer}"
@@ -215,6 +213,11 @@ async fn unusable_event_ids_and_settings_are_refused_and_change_nothing() {
     );
 }
 
+/// The text of `/metrics` on the public port.
+async fn metrics_page(srv: &Server) -> String {
+    String::from_utf8_lossy(&srv.get("/metrics").await.body).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_events_series_leave_the_metrics_page() {
     let srv = Server::start_with(Setup {
@@ -227,7 +230,7 @@ async fn a_deleted_events_series_leave_the_metrics_page() {
     srv.join_ok("fleeting", None).await;
     srv.join_ok("fleeting", None).await;
     srv.app.refresh_events().await;
-    let page = String::from_utf8_lossy(&srv.get("/metrics").await.body).into_owned();
+    let page = metrics_page(&srv).await;
     assert!(
         page.contains("dispatcher_event_waiting{event=\"fleeting\"} 1"),
         "{page}"
@@ -239,7 +242,7 @@ async fn a_deleted_events_series_leave_the_metrics_page() {
     srv.admin(Method::DELETE, "/v1/admin/events/fleeting?force=true", None)
         .await
         .ok();
-    let page = String::from_utf8_lossy(&srv.get("/metrics").await.body).into_owned();
+    let page = metrics_page(&srv).await;
     assert!(
         !page.contains("event=\"fleeting\""),
         "deleted at once: {page}"
@@ -254,7 +257,7 @@ async fn a_deleted_events_series_leave_the_metrics_page() {
         .await
         .expect("delete directly");
     srv.app.refresh_events().await;
-    let page = String::from_utf8_lossy(&srv.get("/metrics").await.body).into_owned();
+    let page = metrics_page(&srv).await;
     assert!(!page.contains("event=\"staying\""), "{page}");
 }
 
@@ -286,12 +289,11 @@ async fn with_a_metrics_address_the_public_port_does_not_list_events() {
         )
         .await
     });
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut page = String::new();
-    tcp.read_to_string(&mut page).await.expect("read");
+    let page = raw(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
         page.contains("dispatcher_event_waiting{event=\"secret-drop\"}"),
