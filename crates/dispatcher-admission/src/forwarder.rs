@@ -57,9 +57,11 @@ use futures_util::future::try_join_all;
 use parking_lot::Mutex;
 use redis::{RedisError, Value};
 
+use crate::entry;
 use crate::error::{AdmissionError, Result};
-use crate::model::{EntryRecord, EventId, TicketId, UserId};
+use crate::model::EntryRecord;
 use crate::redis_store::{RedisConn, RedisStore};
+use crate::reply::{int, pairs, protocol, stream_entries, stream_replies, text};
 use crate::telemetry;
 
 /// Mints the token of one admission; `Err` carries the reason (the entry is then treated as poison).
@@ -178,7 +180,8 @@ impl Default for ForwarderOptions {
 /// What one call ([`Forwarder::run_once`], [`Forwarder::reclaim_once`]) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ForwardStats {
-    /// Entries read or claimed (including poison and deleted ones).
+    /// Admissions read or claimed (including poison and deleted entries; an entry holding a step of several
+    /// admissions counts each).
     pub read: u64,
     /// Dispatch messages written.
     pub forwarded: u64,
@@ -188,7 +191,7 @@ pub struct ForwardStats {
     pub poison: u64,
     /// Pending entries found deleted from the entry stream, acknowledged.
     pub deleted: u64,
-    /// Entries acknowledged.
+    /// Entries acknowledged (one per step, however many admissions it held).
     pub acked: u64,
     /// Some shard returned a full batch: more entries are probably waiting.
     pub backlog: bool,
@@ -966,7 +969,10 @@ impl Forwarder {
         let mut deleted: Vec<(u16, String)> = Vec::new();
         for b in batches {
             stats.read += b.items.len() as u64;
-            acks.push((b.shard, b.items.iter().map(|i| i.id().to_owned()).collect()));
+            // The admissions of one step share their entry's id: acknowledge each entry once.
+            let mut ids: Vec<String> = b.items.iter().map(|i| i.id().to_owned()).collect();
+            ids.dedup();
+            acks.push((b.shard, ids));
             for item in b.items {
                 match item {
                     Item::Record(r) => records.push((b.shard, r)),
@@ -1149,154 +1155,34 @@ impl std::fmt::Display for StreamId {
     }
 }
 
-fn protocol(msg: &str) -> AdmissionError {
-    AdmissionError::Protocol(msg.to_owned())
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-/// A reply of key/value pairs: a flat array (RESP2) or a map (RESP3).
-fn pairs(v: &Value) -> Vec<(String, &Value)> {
-    match v {
-        Value::Array(items) => items
-            .chunks_exact(2)
-            .filter_map(|p| Some((text(&p[0])?, &p[1])))
-            .collect(),
-        Value::Map(items) => items
-            .iter()
-            .filter_map(|(k, v)| Some((text(k)?, v)))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The per-stream parts of an `XREADGROUP` reply: `nil`, `[[key, entries], …]` or a RESP3 map.
-fn stream_replies(reply: Value) -> Result<Vec<(String, Value)>> {
-    match reply {
-        Value::Nil => Ok(Vec::new()),
-        Value::Array(streams) => streams
-            .into_iter()
-            .map(|s| {
-                let Value::Array(mut kv) = s else {
-                    return Err(protocol("XREADGROUP stream reply is not an array"));
-                };
-                if kv.len() != 2 {
-                    return Err(protocol("XREADGROUP stream reply is not [key, entries]"));
-                }
-                let entries = kv.pop().unwrap_or(Value::Nil);
-                let key = kv
-                    .first()
-                    .and_then(text)
-                    .ok_or_else(|| protocol("XREADGROUP stream key is not text"))?;
-                Ok((key, entries))
-            })
-            .collect(),
-        Value::Map(streams) => streams
-            .into_iter()
-            .map(|(k, v)| {
-                text(&k)
-                    .map(|k| (k, v))
-                    .ok_or_else(|| protocol("XREADGROUP stream key is not text"))
-            })
-            .collect(),
-        _ => Err(protocol("unexpected XREADGROUP reply")),
-    }
-}
-
-/// Decodes a list of `[id, [field, value, …] | nil]` entries.
+/// Decodes a list of stream entries into items: one per admission (a step's entry holds them all, sharing
+/// the entry id), one poison item for an entry that does not decode, one deleted item for a pending entry
+/// no longer in the stream.
 fn decode_entries(v: &Value) -> Result<Vec<Item>> {
-    let list = match v {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Array(list) => list,
-        _ => return Err(protocol("stream entries are not an array")),
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for e in list {
-        let Value::Array(parts) = e else {
-            return Err(protocol("stream entry is not an array"));
-        };
-        let id = parts
-            .first()
-            .and_then(text)
-            .ok_or_else(|| protocol("stream entry without id"))?;
-        out.push(match parts.get(1) {
-            None | Some(Value::Nil) => Item::Deleted(id),
-            Some(Value::Array(fields)) => decode_record(id, fields),
-            Some(_) => Item::Poison {
-                id,
+    let mut out = Vec::new();
+    for e in stream_entries(v)? {
+        match e.fields {
+            None => out.push(Item::Deleted(e.id)),
+            Some(Err(reason)) => out.push(Item::Poison {
+                id: e.id,
                 event: String::new(),
-                reason: "fields are not an array".into(),
-            },
-        });
+                reason,
+            }),
+            Some(Ok(fields)) => {
+                for r in entry::decode(&e.id, &fields) {
+                    out.push(match r {
+                        Ok(rec) => Item::Record(rec),
+                        Err(p) => Item::Poison {
+                            id: e.id.clone(),
+                            event: p.event,
+                            reason: p.reason,
+                        },
+                    });
+                }
+            }
+        }
     }
     Ok(out)
-}
-
-/// Builds the record of one entry (fields e, t, u, s, at, exp as written by `promote` in lib.lua), or a
-/// poison item saying what is wrong with it.
-fn decode_record(id: String, fields: &[Value]) -> Item {
-    let mut get = HashMap::with_capacity(6);
-    for pair in fields.chunks(2) {
-        if let [k, v] = pair
-            && let Some(k) = text(k)
-        {
-            get.insert(k, text(v));
-        }
-    }
-    let event = get.get("e").cloned().flatten().unwrap_or_default();
-    let parsed = (|| {
-        let field = |name: &str| -> std::result::Result<String, String> {
-            match get.get(name) {
-                Some(Some(v)) => Ok(v.clone()),
-                Some(None) => Err(format!("field {name} is not text")),
-                None => Err(format!("missing field {name}")),
-            }
-        };
-        let number = |name: &str| -> std::result::Result<u64, String> {
-            field(name)?
-                .parse::<u64>()
-                .map_err(|_| format!("field {name} is not a number"))
-        };
-        let ev = field("e")?;
-        EventId::new(ev.as_str()).map_err(|e| e.to_string())?;
-        let ticket = field("t")?;
-        TicketId::parse(&ticket).map_err(|_| "field t is not a ticket id".to_owned())?;
-        let user = match get.get("u") {
-            None => String::new(),
-            Some(_) => field("u")?,
-        };
-        if !user.is_empty() {
-            UserId::new(user.as_str()).map_err(|e| e.to_string())?;
-        }
-        Ok::<_, String>(EntryRecord {
-            entry_id: id.clone(),
-            event: ev,
-            ticket,
-            user,
-            seq: number("s")?,
-            admitted_at_ms: number("at")?,
-            expires_at_ms: number("exp")?,
-        })
-    })();
-    match parsed {
-        Ok(r) => Item::Record(r),
-        Err(reason) => Item::Poison { id, event, reason },
-    }
 }
 
 #[cfg(test)]
@@ -1316,42 +1202,5 @@ mod tests {
         );
         assert!(StreamId::parse("5-10").expect("id") > StreamId::parse("5-9").expect("id"));
         assert!(StreamId::parse("x").is_none());
-    }
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn malformed_entries_are_poison_not_errors() {
-        let good = [
-            ("e", "ev"),
-            ("t", "0123456789abcdef0123456789abcdef"),
-            ("u", ""),
-            ("s", "4"),
-            ("at", "10"),
-            ("exp", "20"),
-        ];
-        let fields: Vec<Value> = good.iter().flat_map(|(k, v)| [bulk(k), bulk(v)]).collect();
-        assert!(
-            matches!(decode_record("1-0".into(), &fields), Item::Record(r) if r.seq == 4 && r.user.is_empty())
-        );
-        for (drop, bad) in [("s", Some("x")), ("t", Some("nope")), ("exp", None)] {
-            let fields: Vec<Value> = good
-                .iter()
-                .filter_map(|(k, v)| {
-                    if *k == drop {
-                        bad.map(|b| (*k, b))
-                    } else {
-                        Some((*k, *v))
-                    }
-                })
-                .flat_map(|(k, v)| [bulk(k), bulk(v)])
-                .collect();
-            assert!(
-                matches!(decode_record("1-0".into(), &fields), Item::Poison { .. }),
-                "{drop}"
-            );
-        }
     }
 }

@@ -2,6 +2,7 @@
 //! (docs/guarantees.md#admission), one store trait with an in-process and a Redis implementation, and the
 //! promoter loop that drives time.
 
+mod entry;
 pub mod error;
 mod fenwick;
 pub mod forwarder;
@@ -9,6 +10,7 @@ pub mod memory;
 pub mod model;
 pub mod promoter;
 pub mod redis_store;
+mod reply;
 pub mod store;
 pub mod telemetry;
 

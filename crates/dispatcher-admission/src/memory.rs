@@ -275,6 +275,8 @@ impl Event {
         }
         let ttl = self.settings.session_ttl_ms;
         let mut count = 0u64;
+        // One entry for the whole step, as the Redis store writes it.
+        let entry_id = next_entry_id(cx);
         for _ in 0..n {
             let Some((seq, id)) = self.waiting.pop_first() else {
                 break;
@@ -294,7 +296,7 @@ impl Event {
                 None => None,
             };
             self.admitted.insert((expires, id.clone()));
-            push_entry(cx, &id, user.as_ref(), seq, expires);
+            push_entry(cx, &entry_id, &id, user.as_ref(), seq, expires);
             count += 1;
         }
         if self.rate() > 0 {
@@ -380,7 +382,8 @@ impl Event {
     }
 }
 
-fn push_entry(cx: &mut Ctx<'_>, id: &TicketId, user: Option<&UserId>, seq: u64, expires: u64) {
+/// The id of the entry a step's admissions share: newer than every id before it, like Redis's `*`.
+fn next_entry_id(cx: &mut Ctx<'_>) -> String {
     let (ms, n) = *cx.last_entry;
     let next = if cx.now > ms {
         (cx.now, 0)
@@ -388,8 +391,19 @@ fn push_entry(cx: &mut Ctx<'_>, id: &TicketId, user: Option<&UserId>, seq: u64, 
         (ms, n + 1)
     };
     *cx.last_entry = next;
+    format!("{}-{}", next.0, next.1)
+}
+
+fn push_entry(
+    cx: &mut Ctx<'_>,
+    entry_id: &str,
+    id: &TicketId,
+    user: Option<&UserId>,
+    seq: u64,
+    expires: u64,
+) {
     cx.entry.push_back(EntryRecord {
-        entry_id: format!("{}-{}", next.0, next.1),
+        entry_id: entry_id.to_owned(),
         event: cx.event_id.to_string(),
         ticket: id.to_string(),
         user: user.map(|u| u.to_string()).unwrap_or_default(),
@@ -1011,13 +1025,19 @@ impl AdmissionStore for MemoryStore {
         let start = inner
             .entry
             .partition_point(|e| parse_entry_id(&e.entry_id) <= after);
-        Ok(inner
-            .entry
-            .iter()
-            .skip(start)
-            .take(count)
-            .cloned()
-            .collect())
+        // At most `count` entries, each whole (a step's admissions share one id).
+        let mut out: Vec<EntryRecord> = Vec::new();
+        let mut entries = 0usize;
+        for r in inner.entry.iter().skip(start) {
+            if out.last().is_none_or(|l| l.entry_id != r.entry_id) {
+                if entries == count {
+                    break;
+                }
+                entries += 1;
+            }
+            out.push(r.clone());
+        }
+        Ok(out)
     }
 
     async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {

@@ -431,47 +431,18 @@ fn ticket_from(items: &[Value], from: usize) -> Result<Ticket> {
     })
 }
 
-/// Decodes stream entries (`XRANGE` reply, or one stream of an `XREAD` reply) into entry records.
-fn parse_entries(v: Value) -> Result<Vec<EntryRecord>> {
-    let Value::Array(entries) = v else {
-        return Err(AdmissionError::Protocol(
-            "XRANGE reply is not an array".into(),
-        ));
-    };
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        let Value::Array(parts) = e else {
-            return Err(AdmissionError::Protocol("bad stream entry".into()));
-        };
-        let id = as_string(at(&parts, 0)?)?;
-        let Value::Array(fields) = at(&parts, 1)? else {
-            return Err(AdmissionError::Protocol("bad stream fields".into()));
-        };
-        let mut rec = EntryRecord {
-            entry_id: id,
-            event: String::new(),
-            ticket: String::new(),
-            user: String::new(),
-            seq: 0,
-            admitted_at_ms: 0,
-            expires_at_ms: 0,
-        };
-        for pair in fields.chunks(2) {
-            if pair.len() != 2 {
-                break;
-            }
-            let k = as_string(&pair[0])?;
-            match k.as_str() {
-                "e" => rec.event = as_string(&pair[1])?,
-                "t" => rec.ticket = as_string(&pair[1])?,
-                "u" => rec.user = as_string(&pair[1])?,
-                "s" => rec.seq = as_u64(&pair[1])?,
-                "at" => rec.admitted_at_ms = as_u64(&pair[1])?,
-                "exp" => rec.expires_at_ms = as_u64(&pair[1])?,
-                _ => {}
+/// Decodes stream entries (`XRANGE` reply, or one stream of an `XREAD` reply) into one record per
+/// admission (entry.rs); an admission that does not decode is left out (the forwarder reports such poison).
+fn parse_entries(v: &Value) -> Result<Vec<EntryRecord>> {
+    let mut out = Vec::new();
+    for e in crate::reply::stream_entries(v)? {
+        let Some(Ok(fields)) = e.fields else { continue };
+        for r in crate::entry::decode(&e.id, &fields) {
+            match r {
+                Ok(rec) => out.push(rec),
+                Err(p) => tracing::debug!(entry = %e.id, reason = %p.reason, "undecodable admission skipped"),
             }
         }
-        out.push(rec);
     }
     Ok(out)
 }
@@ -848,7 +819,7 @@ impl AdmissionStore for RedisStore {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        parse_entries(v)
+        parse_entries(&v)
     }
 
     async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
@@ -906,31 +877,8 @@ impl AdmissionStore for RedisStore {
         let mut conn = self.conn.clone();
         let v: Value = cmd.query_async(&mut conn).await?;
         let mut by_key: HashMap<String, Vec<EntryRecord>> = HashMap::new();
-        match v {
-            Value::Nil => {}
-            Value::Array(streams) => {
-                for st in streams {
-                    let Value::Array(mut kv) = st else {
-                        return Err(AdmissionError::Protocol("bad XREAD stream".into()));
-                    };
-                    if kv.len() != 2 {
-                        return Err(AdmissionError::Protocol("bad XREAD stream".into()));
-                    }
-                    let entries = kv.pop().unwrap_or(Value::Nil);
-                    let key = as_string(at(&kv, 0)?)?;
-                    by_key.insert(key, parse_entries(entries)?);
-                }
-            }
-            Value::Map(pairs) => {
-                for (k, entries) in pairs {
-                    by_key.insert(as_string(&k)?, parse_entries(entries)?);
-                }
-            }
-            other => {
-                return Err(AdmissionError::Protocol(format!(
-                    "unexpected XREAD reply {other:?}"
-                )));
-            }
+        for (key, entries) in crate::reply::stream_replies(v)? {
+            by_key.insert(key, parse_entries(&entries)?);
         }
         Ok(cursors
             .iter()

@@ -204,7 +204,9 @@ pub trait AdmissionStore: Send + Sync + 'static {
     /// All configured events of a shard.
     fn events(&self, shard: u16) -> impl Future<Output = Result<Vec<EventId>>> + Send;
 
-    /// Admissions recorded on a shard's entry stream after entry id `after` ("0" = from the start).
+    /// Admissions recorded on a shard's entry stream after entry id `after` ("0" = from the start), from at
+    /// most `count` entries. One entry holds every admission of one atomic step, all with its entry id, so
+    /// whole steps are returned and the last record's `entry_id` is the cursor of the next read.
     fn entry_records(
         &self,
         shard: u16,

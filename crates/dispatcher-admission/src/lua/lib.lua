@@ -92,8 +92,8 @@ local function refill(cfg)
   end
 end
 
--- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; each admission is
--- recorded individually on the shard's entry stream. Returns the number admitted, and leaves the admitted
+-- Admit up to `limit` waiting tickets in sequence order, within capacity and rate; the step's admissions
+-- are recorded as ONE entry on the shard's entry stream. Returns the number admitted, and leaves the admitted
 -- count after the step in P_ADMITTED and whether the per-call limit was reached in P_LIMITED.
 local function promote(cfg, limit)
   P_LIMITED = false
@@ -142,18 +142,27 @@ local function promote(cfg, limit)
   end
   local exp_s = string.format('%.0f', NOW + cfg.ttl)
   local maxlen_s = string.format('%.0f', MAXLEN)
-  local hset, zadd = {}, {}
+  local hset, zadd, lines = {}, {}, {}
   for i = 1, count do
     local id = ids[i]
     local r = recs[i]
     r.s = 'A'; r.admitted = NOW_S; r.expires = exp_s
     hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
     zadd[#zadd + 1] = exp_s; zadd[#zadd + 1] = id
-    if MAXLEN > 0 then
-      redis.call('XADD', K_ENTRY, 'MAXLEN', '~', maxlen_s, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW_S, 'exp', exp_s)
-    else
-      redis.call('XADD', K_ENTRY, '*', 'e', EVENT, 't', id, 'u', r.user, 's', r.seq, 'at', NOW_S, 'exp', exp_s)
-    end
+    lines[#lines + 1] = id .. ' ' .. r.seq .. ' ' .. r.user
+  end
+  -- One entry for the whole step (entry.rs documents the layout): one admission keeps its own fields,
+  -- several travel as lines of `ticket seq user`.
+  local entry
+  if count == 1 then
+    entry = { 'e', EVENT, 't', ids[1], 'u', recs[1].user, 's', recs[1].seq, 'at', NOW_S, 'exp', exp_s }
+  else
+    entry = { 'e', EVENT, 'at', NOW_S, 'exp', exp_s, 'n', count, 'a', table.concat(lines, '\n') }
+  end
+  if MAXLEN > 0 then
+    redis.call('XADD', K_ENTRY, 'MAXLEN', '~', maxlen_s, '*', unpack(entry))
+  else
+    redis.call('XADD', K_ENTRY, '*', unpack(entry))
   end
   redis.call('HSET', K_T, unpack(hset))
   redis.call('ZADD', K_A, unpack(zadd))

@@ -254,6 +254,74 @@ async fn forwards_every_admission_once_with_its_token() {
 }
 
 #[tokio::test]
+async fn a_step_admitting_many_is_one_entry_and_each_of_its_admissions_is_forwarded_once() {
+    let s = single(1).await;
+    let conn = s.connection();
+    let key = s.entry_stream_key(0);
+    let e = ev("fw-step");
+    s.configure(&e, &EventSettings::with_capacity(40))
+        .await
+        .expect("configure");
+    let mut tickets = Vec::new();
+    for i in 0..100 {
+        let user = (i % 3 == 0).then(|| UserId::new(format!("step-{i}")).expect("user"));
+        tickets.push(s.join(&e, user.as_ref()).await.expect("join").ticket);
+    }
+    assert_eq!(xlen(&conn, &key).await, 40, "each admitting join is its own step");
+    let first: Vec<_> = tickets[..40].iter().map(|t| t.id.clone()).collect();
+    let r = s
+        .release_many(&e, &first, Release::Complete)
+        .await
+        .expect("complete");
+    assert_eq!(r.admitted_next, 40);
+    assert_eq!(xlen(&conn, &key).await, 41, "forty admissions of one step: one entry");
+    let step = xrange(&conn, &key).await.pop().expect("the step's entry").1;
+    assert_eq!(step["n"], "40");
+    // The store reads the step back as forty records in line order, sharing the entry id.
+    let recs = s.entry_records(0, "0", 100).await.expect("records");
+    assert_eq!(recs.len(), 80);
+    let seqs: Vec<u64> = recs[40..].iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (41..=80).collect::<Vec<u64>>());
+    assert!(recs[40..].iter().all(|r| r.entry_id == recs[40].entry_id));
+    assert_eq!(recs[40].ticket, tickets[40].id.as_str());
+    assert_eq!(recs[42].user, "step-42");
+    // A step entry with one undecodable line among good ones: the good one is forwarded, the bad one is
+    // poison, the entry is acknowledged once.
+    let stray = "0123456789abcdef0123456789abcdef";
+    let mut c = conn.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg(&["e", "ev", "at", "1", "exp", "2", "n", "2"])
+        .arg("a")
+        .arg(format!("{stray} 1 \nnot-a-ticket 2 bob"))
+        .query_async(&mut c)
+        .await
+        .expect("XADD");
+    let f = Forwarder::new(
+        &s,
+        minter(),
+        ForwarderOptions {
+            batch_size: 5,
+            ..opts("step")
+        },
+    )
+    .expect("forwarder");
+    let stats = drain(&f).await;
+    assert_eq!((stats.forwarded, stats.poison), (81, 1));
+    assert_eq!(stats.acked, 42, "one acknowledgement per entry");
+    let msgs = by_ticket(&xrange(&conn, f.dispatch_stream()).await);
+    assert_eq!(msgs.len(), 81);
+    for t in &tickets[..80] {
+        let copies = &msgs[t.id.as_str()];
+        assert_eq!(copies.len(), 1, "each admission exactly once");
+        assert_eq!(copies[0]["seq"], t.seq.to_string());
+    }
+    assert!(msgs.contains_key(stray));
+    assert_eq!(pending(&conn, &s, "dispatcher-forwarder").await, 0);
+}
+
+#[tokio::test]
 async fn a_crash_between_write_and_ack_is_reclaimed_by_another_forwarder() {
     let s = single(3).await;
     let conn = s.connection();
