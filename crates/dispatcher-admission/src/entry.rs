@@ -205,11 +205,29 @@ mod tests {
     fn a_bad_head_or_count_poisons_the_whole_entry() {
         let a = format!("{T1} 7 alice\n{T2} 9 ");
         for bad in [
-            vec![("e", "ev"), ("at", "x"), ("exp", "2"), ("n", "2"), ("a", &a)],
+            vec![
+                ("e", "ev"),
+                ("at", "x"),
+                ("exp", "2"),
+                ("n", "2"),
+                ("a", &a),
+            ],
             vec![("at", "1"), ("exp", "2"), ("n", "2"), ("a", &a)],
-            vec![("e", "ev"), ("at", "1"), ("exp", "2"), ("n", "3"), ("a", &a)],
+            vec![
+                ("e", "ev"),
+                ("at", "1"),
+                ("exp", "2"),
+                ("n", "3"),
+                ("a", &a),
+            ],
             vec![("e", "ev"), ("at", "1"), ("exp", "2"), ("a", &a)],
-            vec![("e", "a b"), ("at", "1"), ("exp", "2"), ("n", "2"), ("a", &a)],
+            vec![
+                ("e", "a b"),
+                ("at", "1"),
+                ("exp", "2"),
+                ("n", "2"),
+                ("a", &a),
+            ],
         ] {
             let r = decode("1-0", &fields(&bad));
             assert_eq!(r.len(), 1, "{bad:?}");

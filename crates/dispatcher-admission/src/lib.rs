@@ -2,6 +2,7 @@
 //! (docs/guarantees.md#admission), one store trait with an in-process and a Redis implementation, and the
 //! promoter loop that drives time.
 
+mod coalesce;
 mod entry;
 pub mod error;
 mod fenwick;
@@ -11,9 +12,11 @@ pub mod model;
 pub mod promoter;
 pub mod redis_store;
 mod reply;
+mod script_reply;
 pub mod store;
 pub mod telemetry;
 
+pub use coalesce::Coalescer;
 pub use error::{AdmissionError, Result};
 pub use forwarder::{
     ForwardStats, Forwarder, ForwarderOptions, ForwarderTotals, ShardLag, TokenMinter,

@@ -13,6 +13,7 @@ use crate::model::{
     EventState, EventTotals, Joined, MAX_REVOCATIONS, QueueMode, Released, Revocation, Tick,
     Ticket, TicketId, TicketState, UserId,
 };
+use crate::script_reply::ScriptReply;
 use crate::store::{
     AdmissionStore, Clock, Configured, Release, check_bulk, check_join_batch, check_live,
     join_each, lottery_number, shard_of,
@@ -290,6 +291,27 @@ impl RedisStore {
         Ok(())
     }
 
+    /// live.lua: many tickets of one event, with presence for the waiting ones when `presence`.
+    async fn read_tickets(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        presence: bool,
+    ) -> Result<Vec<Option<Ticket>>> {
+        check_live(tickets)?;
+        let mut args = Vec::with_capacity(tickets.len() + 1);
+        args.push(if presence { "1" } else { "0" }.to_owned());
+        args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
+        let items = self.run("live", event, &args).await?;
+        let mut r = ScriptReply::new("live", &items);
+        let out = tickets
+            .iter()
+            .map(|_| r.opt_ticket())
+            .collect::<Result<Vec<_>>>()?;
+        r.finish()?;
+        Ok(out)
+    }
+
     async fn run(&self, op: &str, event: &EventId, args: &[String]) -> Result<Vec<Value>> {
         if !self.loaded.load(std::sync::atomic::Ordering::Relaxed) {
             self.load_library().await?;
@@ -355,6 +377,28 @@ impl RedisStore {
     }
 }
 
+/// release_many.lua's arguments: the target state, whether to answer views, the tickets.
+fn release_many_args(tickets: &[TicketId], how: Release, views: bool) -> Vec<String> {
+    let mut args = Vec::with_capacity(tickets.len() + 2);
+    args.push(how.code().to_owned());
+    args.push(if views { "1" } else { "0" }.to_owned());
+    args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
+    args
+}
+
+/// One ticket's outcome code in release_many.lua's reply.
+fn bulk_outcome(code: &str) -> Result<BulkOutcome> {
+    Ok(match code {
+        "C" => BulkOutcome::Released,
+        "=" => BulkOutcome::Already,
+        "U" => BulkOutcome::Unknown,
+        x => match x.strip_prefix('X').and_then(TicketState::from_code) {
+            Some(s) => BulkOutcome::Conflict(s),
+            None => return Err(AdmissionError::Protocol(format!("bad outcome {x:?}"))),
+        },
+    })
+}
+
 fn conflict(state_code: &str) -> AdmissionError {
     match TicketState::from_code(state_code) {
         Some(s) => AdmissionError::state_conflict(s),
@@ -375,62 +419,6 @@ fn as_string(v: &Value) -> Result<String> {
     }
 }
 
-fn as_u64(v: &Value) -> Result<u64> {
-    match v {
-        Value::Int(i) => {
-            u64::try_from(*i).map_err(|_| AdmissionError::Protocol(format!("negative integer {i}")))
-        }
-        other => as_string(other)?
-            .parse::<f64>()
-            .map(|f| f as u64)
-            .map_err(|_| AdmissionError::Protocol(format!("expected integer, got {other:?}"))),
-    }
-}
-
-fn as_i64(v: &Value) -> Result<i64> {
-    match v {
-        Value::Int(i) => Ok(*i),
-        other => as_string(other)?
-            .parse::<i64>()
-            .map_err(|_| AdmissionError::Protocol(format!("expected integer, got {other:?}"))),
-    }
-}
-
-fn at(items: &[Value], i: usize) -> Result<&Value> {
-    items
-        .get(i)
-        .ok_or_else(|| AdmissionError::Protocol(format!("reply too short (want index {i})")))
-}
-
-fn opt_ms(v: u64) -> Option<u64> {
-    (v > 0).then_some(v)
-}
-
-/// Decodes `view()` from lib.lua: id, state, seq, joined, admitted, expires, ended, user, rank.
-fn ticket_from(items: &[Value], from: usize) -> Result<Ticket> {
-    let id = as_string(at(items, from)?)?;
-    let state_code = as_string(at(items, from + 1)?)?;
-    let state = TicketState::from_code(&state_code)
-        .ok_or_else(|| AdmissionError::Protocol(format!("unknown state {state_code:?}")))?;
-    let user = as_string(at(items, from + 7)?)?;
-    let rank = as_i64(at(items, from + 8)?)?;
-    Ok(Ticket {
-        id: TicketId::parse(&id).map_err(|_| AdmissionError::Protocol("bad ticket id".into()))?,
-        seq: as_u64(at(items, from + 2)?)?,
-        state,
-        user: if user.is_empty() {
-            None
-        } else {
-            Some(UserId::new(user).map_err(|_| AdmissionError::Protocol("bad user id".into()))?)
-        },
-        joined_at_ms: as_u64(at(items, from + 3)?)?,
-        admitted_at_ms: opt_ms(as_u64(at(items, from + 4)?)?),
-        expires_at_ms: opt_ms(as_u64(at(items, from + 5)?)?),
-        ended_at_ms: opt_ms(as_u64(at(items, from + 6)?)?),
-        ahead: (state == TicketState::Waiting && rank >= 0).then_some(rank as u64),
-    })
-}
-
 /// Decodes stream entries (`XRANGE` reply, or one stream of an `XREAD` reply) into one record per
 /// admission (entry.rs); an admission that does not decode is left out (the forwarder reports such poison).
 fn parse_entries(v: &Value) -> Result<Vec<EntryRecord>> {
@@ -440,7 +428,9 @@ fn parse_entries(v: &Value) -> Result<Vec<EntryRecord>> {
         for r in crate::entry::decode(&e.id, &fields) {
             match r {
                 Ok(rec) => out.push(rec),
-                Err(p) => tracing::debug!(entry = %e.id, reason = %p.reason, "undecodable admission skipped"),
+                Err(p) => {
+                    tracing::debug!(entry = %e.id, reason = %p.reason, "undecodable admission skipped")
+                }
             }
         }
     }
@@ -484,9 +474,10 @@ impl AdmissionStore for RedisStore {
                 ],
             )
             .await?;
+        let mut r = ScriptReply::new("configure", &items);
         Ok(Configured {
-            created: as_u64(at(&items, 1)?)? == 1,
-            admitted: as_u64(at(&items, 2)?)?,
+            created: r.flag()?,
+            admitted: r.u64()?,
         })
     }
 
@@ -494,45 +485,55 @@ impl AdmissionStore for RedisStore {
         let items = self
             .run("state", event, &[state.as_str().to_owned()])
             .await?;
-        as_u64(at(&items, 1)?)
+        ScriptReply::new("state", &items).u64()
     }
 
     async fn event(&self, event: &EventId) -> Result<EventInfo> {
         let items = self.run("event", event, &[]).await?;
-        let state = as_string(at(&items, 5)?)?;
-        let rate = as_u64(at(&items, 2)?)?;
+        // event.lua's order: settings, counts, mode, totals, pre-queue, start.
+        let mut r = ScriptReply::new("event", &items);
+        let capacity = r.u64()?;
+        let rate = r.u64()?;
+        let session_ttl_ms = r.u64()?;
+        let abandon_timeout_ms = r.u64()?;
+        let state = r.text()?;
+        let retention_ms = r.u64()?;
+        let (joined, waiting, admitted, finished) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let active = r.flag()?;
+        let mode = r.text()?;
+        let fail_open = r.flag()?;
+        let totals = EventTotals {
+            admitted: r.u64()?,
+            completed: r.u64()?,
+            expired: r.u64()?,
+            abandoned: r.u64()?,
+            left: r.u64()?,
+            revoked: r.u64()?,
+        };
+        let pre_queued = r.u64()?;
+        let starts_at_ms = Some(r.u64()?).filter(|t| *t > 0);
         Ok(EventInfo {
             id: event.clone(),
             settings: EventSettings {
-                capacity: as_u64(at(&items, 1)?)?,
+                capacity,
                 rate_per_minute: (rate > 0).then_some(rate),
-                session_ttl_ms: as_u64(at(&items, 3)?)?,
-                abandon_timeout_ms: as_u64(at(&items, 4)?)?,
+                session_ttl_ms,
+                abandon_timeout_ms,
                 state: EventState::parse(&state)
                     .ok_or_else(|| AdmissionError::Protocol(format!("bad state {state:?}")))?,
-                retention_ms: as_u64(at(&items, 6)?)?,
-                queue_mode: {
-                    let m = as_string(at(&items, 12)?)?;
-                    QueueMode::parse(&m)
-                        .ok_or_else(|| AdmissionError::Protocol(format!("bad queue mode {m:?}")))?
-                },
-                fail_open: as_string(at(&items, 13)?)? == "1",
-                starts_at_ms: Some(as_u64(at(&items, 21)?)?).filter(|t| *t > 0),
+                retention_ms,
+                queue_mode: QueueMode::parse(&mode)
+                    .ok_or_else(|| AdmissionError::Protocol(format!("bad queue mode {mode:?}")))?,
+                fail_open,
+                starts_at_ms,
             },
-            totals: EventTotals {
-                admitted: as_u64(at(&items, 14)?)?,
-                completed: as_u64(at(&items, 15)?)?,
-                expired: as_u64(at(&items, 16)?)?,
-                abandoned: as_u64(at(&items, 17)?)?,
-                left: as_u64(at(&items, 18)?)?,
-                revoked: as_u64(at(&items, 19)?)?,
-            },
-            joined: as_u64(at(&items, 7)?)?,
-            waiting: as_u64(at(&items, 8)?)?,
-            admitted: as_u64(at(&items, 9)?)?,
-            finished: as_u64(at(&items, 10)?)?,
-            active: as_u64(at(&items, 11)?)? == 1,
-            pre_queued: as_u64(at(&items, 20)?)?,
+            totals,
+            joined,
+            waiting,
+            admitted,
+            finished,
+            active,
+            pre_queued,
         })
     }
 
@@ -549,9 +550,10 @@ impl AdmissionStore for RedisStore {
                 ],
             )
             .await?;
+        let mut r = ScriptReply::new("join", &items);
         Ok(Joined {
-            created: as_u64(at(&items, 1)?)? == 1,
-            ticket: ticket_from(&items, 2)?,
+            created: r.flag()?,
+            ticket: r.ticket()?,
         })
     }
 
@@ -575,20 +577,19 @@ impl AdmissionStore for RedisStore {
         if items.first().map(as_string).transpose()?.as_deref() == Some("PREQUEUE") {
             return Ok(join_each(self, event, users).await);
         }
-        let now = as_u64(at(&items, 1)?)?;
-        let expires = as_u64(at(&items, 2)?)?;
+        let mut r = ScriptReply::new("join_many", &items);
+        let now = r.u64()?;
+        let expires = r.u64()?;
         let mut out = Vec::with_capacity(users.len());
-        let mut i = 3;
-        while i < items.len() {
+        while !r.is_done() {
             let k = out.len();
-            let code = as_string(&items[i])?;
-            match code.as_str() {
+            match r.text()?.as_str() {
                 "N" => {
                     let (Some(id), Some(user)) = (ids.get(k), users.get(k)) else {
                         return Err(AdmissionError::Protocol("join_many reply too long".into()));
                     };
-                    let seq = as_u64(at(&items, i + 1)?)?;
-                    let rank = as_i64(at(&items, i + 2)?)?;
+                    let seq = r.u64()?;
+                    let rank = r.i64()?;
                     let admitted = rank < 0;
                     out.push(Ok(Joined {
                         created: true,
@@ -608,19 +609,12 @@ impl AdmissionStore for RedisStore {
                             ahead: (!admitted).then_some(rank as u64),
                         },
                     }));
-                    i += 3;
                 }
-                "E" => {
-                    out.push(Ok(Joined {
-                        created: false,
-                        ticket: ticket_from(&items, i + 1)?,
-                    }));
-                    i += 10;
-                }
-                "X" => {
-                    out.push(Err(AdmissionError::Rejected(event.to_string())));
-                    i += 1;
-                }
+                "E" => out.push(Ok(Joined {
+                    created: false,
+                    ticket: r.ticket()?,
+                })),
+                "X" => out.push(Err(AdmissionError::Rejected(event.to_string()))),
                 other => {
                     return Err(AdmissionError::Protocol(format!(
                         "bad join_many outcome {other:?}"
@@ -638,14 +632,14 @@ impl AdmissionStore for RedisStore {
         let items = self
             .run("ticket", event, &[ticket.as_str().to_owned(), "0".into()])
             .await?;
-        ticket_from(&items, 1)
+        ScriptReply::new("ticket", &items).ticket()
     }
 
     async fn heartbeat(&self, event: &EventId, ticket: &TicketId) -> Result<Ticket> {
         let items = self
             .run("ticket", event, &[ticket.as_str().to_owned(), "1".into()])
             .await?;
-        ticket_from(&items, 1)
+        ScriptReply::new("heartbeat", &items).ticket()
     }
 
     async fn release(&self, event: &EventId, ticket: &TicketId, how: Release) -> Result<Released> {
@@ -656,10 +650,11 @@ impl AdmissionStore for RedisStore {
                 &[ticket.as_str().to_owned(), how.code().to_owned()],
             )
             .await?;
+        let mut r = ScriptReply::new("release", &items);
         Ok(Released {
-            changed: as_u64(at(&items, 1)?)? == 1,
-            admitted_next: as_u64(at(&items, 2)?)?,
-            ticket: ticket_from(&items, 3)?,
+            changed: r.flag()?,
+            admitted_next: r.u64()?,
+            ticket: r.ticket()?,
         })
     }
 
@@ -670,31 +665,55 @@ impl AdmissionStore for RedisStore {
         how: Release,
     ) -> Result<BulkReleased> {
         check_bulk(tickets)?;
-        let mut args = Vec::with_capacity(tickets.len() + 1);
-        args.push(how.code().to_owned());
-        args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
-        let items = self.run("release_many", event, &args).await?;
-        let mut outcomes = Vec::with_capacity(tickets.len());
-        for v in items.iter().skip(3) {
-            let code = as_string(v)?;
-            outcomes.push(match code.as_str() {
-                "C" => BulkOutcome::Released,
-                "=" => BulkOutcome::Already,
-                "U" => BulkOutcome::Unknown,
-                x => match x.strip_prefix('X').and_then(TicketState::from_code) {
-                    Some(s) => BulkOutcome::Conflict(s),
-                    None => return Err(AdmissionError::Protocol(format!("bad outcome {x:?}"))),
-                },
-            });
-        }
-        if outcomes.len() != tickets.len() {
-            return Err(AdmissionError::Protocol("bulk release reply length".into()));
-        }
+        let items = self
+            .run(
+                "release_many",
+                event,
+                &release_many_args(tickets, how, false),
+            )
+            .await?;
+        let mut r = ScriptReply::new("release_many", &items);
+        let changed = r.u64()?;
+        let admitted_next = r.u64()?;
+        let outcomes = tickets
+            .iter()
+            .map(|_| bulk_outcome(&r.text()?))
+            .collect::<Result<Vec<_>>>()?;
+        r.finish()?;
         Ok(BulkReleased {
-            changed: as_u64(at(&items, 1)?)?,
-            admitted_next: as_u64(at(&items, 2)?)?,
+            changed,
+            admitted_next,
             outcomes,
         })
+    }
+
+    async fn release_each(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        how: Release,
+    ) -> Result<Vec<Result<Released>>> {
+        check_bulk(tickets)?;
+        let items = self
+            .run(
+                "release_many",
+                event,
+                &release_many_args(tickets, how, true),
+            )
+            .await?;
+        let mut r = ScriptReply::new("release_many", &items);
+        let _changed = r.u64()?;
+        let admitted = r.u64()?;
+        let outcomes = tickets
+            .iter()
+            .map(|_| bulk_outcome(&r.text()?))
+            .collect::<Result<Vec<_>>>()?;
+        let views = tickets
+            .iter()
+            .map(|_| r.opt_ticket())
+            .collect::<Result<Vec<_>>>()?;
+        r.finish()?;
+        Ok(crate::store::released_each(outcomes, views, admitted))
     }
 
     async fn promote(&self, event: &EventId) -> Result<u64> {
@@ -705,7 +724,9 @@ impl AdmissionStore for RedisStore {
                 &[self.opts.tick_batch.to_string(), "1".into()],
             )
             .await?;
-        as_u64(at(&items, 3)?)
+        let mut r = ScriptReply::new("tick", &items);
+        let (_expired, _abandoned) = (r.u64()?, r.u64()?);
+        r.u64()
     }
 
     async fn tick(&self, event: &EventId) -> Result<Tick> {
@@ -716,12 +737,13 @@ impl AdmissionStore for RedisStore {
                 &[self.opts.tick_batch.to_string(), "0".into()],
             )
             .await?;
+        let mut r = ScriptReply::new("tick", &items);
         Ok(Tick {
-            expired: as_u64(at(&items, 1)?)?,
-            abandoned: as_u64(at(&items, 2)?)?,
-            admitted: as_u64(at(&items, 3)?)?,
-            purged: as_u64(at(&items, 4)?)?,
-            orphaned: as_u64(at(&items, 5)?)?,
+            expired: r.u64()?,
+            abandoned: r.u64()?,
+            admitted: r.u64()?,
+            purged: r.u64()?,
+            orphaned: r.u64()?,
         })
     }
 
@@ -823,26 +845,15 @@ impl AdmissionStore for RedisStore {
     }
 
     async fn live(&self, event: &EventId, tickets: &[TicketId]) -> Result<Vec<Option<Ticket>>> {
-        check_live(tickets)?;
-        let mut args = Vec::with_capacity(tickets.len() + 1);
-        args.push("1".to_owned());
-        args.extend(tickets.iter().map(|t| t.as_str().to_owned()));
-        let items = self.run("live", event, &args).await?;
-        let mut out = Vec::with_capacity(tickets.len());
-        let mut i = 1;
-        while i < items.len() {
-            if matches!(&items[i], Value::BulkString(b) if b.is_empty()) {
-                out.push(None);
-                i += 1;
-            } else {
-                out.push(Some(ticket_from(&items, i)?));
-                i += 9;
-            }
-        }
-        if out.len() != tickets.len() {
-            return Err(AdmissionError::Protocol("live reply length".into()));
-        }
-        Ok(out)
+        self.read_tickets(event, tickets, true).await
+    }
+
+    async fn read_many(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+    ) -> Result<Vec<Option<Ticket>>> {
+        self.read_tickets(event, tickets, false).await
     }
 
     async fn entry_records_many(
@@ -894,14 +905,12 @@ impl AdmissionStore for RedisStore {
         let items = self
             .run("revocations", event, &[MAX_REVOCATIONS.to_string()])
             .await?;
-        let mut out = Vec::with_capacity(items.len() / 2);
-        for pair in items[1..].chunks(2) {
-            if pair.len() != 2 {
-                return Err(AdmissionError::Protocol("revocations reply length".into()));
-            }
+        let mut r = ScriptReply::new("revocations", &items);
+        let mut out = Vec::new();
+        while !r.is_done() {
             out.push(Revocation {
-                ticket: as_string(&pair[0])?,
-                expires_at_ms: as_u64(&pair[1])?,
+                ticket: r.text()?,
+                expires_at_ms: r.u64()?,
             });
         }
         Ok(out)
@@ -913,7 +922,7 @@ impl AdmissionStore for RedisStore {
             .await?;
         Ok(DeletedEvent {
             event: event.to_string(),
-            tickets: as_u64(at(&items, 1)?)?,
+            tickets: ScriptReply::new("delete", &items).u64()?,
         })
     }
 

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::Result;
+use crate::error::{AdmissionError, Result};
 use crate::model::{
-    BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings, Joined, Released,
-    Revocation, Tick, Ticket, TicketId, TicketState, UserId,
+    BulkOutcome, BulkReleased, DeletedEvent, EntryRecord, EventId, EventInfo, EventSettings,
+    Joined, Released, Revocation, Tick, Ticket, TicketId, TicketState, UserId,
 };
 
 /// How a ticket ends when its holder or the shop ends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Release {
     /// The session finished; only an admitted ticket can complete.
     Complete,
@@ -180,6 +180,49 @@ pub trait AdmissionStore: Send + Sync + 'static {
         how: Release,
     ) -> impl Future<Output = Result<BulkReleased>> + Send;
 
+    /// Completes, leaves or revokes up to [`crate::model::MAX_BULK_RELEASE`] tickets of one event in one step,
+    /// each answered as [`release`](Self::release) would answer it alone (the coalescer's call): freed slots
+    /// admit the next tickets in the same step, and each ticket that freed one is credited with one
+    /// admission while there were any. A store that refuses the whole batch (unknown event, store down)
+    /// returns that as the outer error. The default releases each ticket on its own.
+    fn release_each(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+        how: Release,
+    ) -> impl Future<Output = Result<Vec<Result<Released>>>> + Send {
+        async move {
+            check_bulk(tickets)?;
+            Ok(
+                futures_util::future::join_all(tickets.iter().map(|t| self.release(event, t, how)))
+                    .await,
+            )
+        }
+    }
+
+    /// Reads many tickets of one event in one step, each as [`ticket`](Self::ticket) would (no presence;
+    /// `None` when unknown; at most [`crate::model::MAX_LIVE_BATCH`]). The default reads each on its own.
+    fn read_many(
+        &self,
+        event: &EventId,
+        tickets: &[TicketId],
+    ) -> impl Future<Output = Result<Vec<Option<Ticket>>>> + Send {
+        async move {
+            check_live(tickets)?;
+            let mut out = Vec::with_capacity(tickets.len());
+            for r in
+                futures_util::future::join_all(tickets.iter().map(|t| self.ticket(event, t))).await
+            {
+                match r {
+                    Ok(t) => out.push(Some(t)),
+                    Err(crate::error::AdmissionError::UnknownTicket) => out.push(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        }
+    }
+
     /// Admits waiting tickets in order within capacity and rate; returns exactly how many were admitted.
     fn promote(&self, event: &EventId) -> impl Future<Output = Result<u64>> + Send;
 
@@ -340,6 +383,39 @@ pub(crate) fn check_live(tickets: &[TicketId]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The per-ticket answers of a coalesced release from the step's outcomes and views (see
+/// [`AdmissionStore::release_each`]): `admitted` admissions are credited one each to the tickets that freed
+/// a slot, in request order.
+pub(crate) fn released_each(
+    outcomes: Vec<BulkOutcome>,
+    views: Vec<Option<Ticket>>,
+    admitted: u64,
+) -> Vec<Result<Released>> {
+    let mut credit = admitted;
+    outcomes
+        .into_iter()
+        .zip(views)
+        .map(|(o, view)| {
+            let changed = match o {
+                BulkOutcome::Released => true,
+                BulkOutcome::Already => false,
+                BulkOutcome::Unknown => return Err(AdmissionError::UnknownTicket),
+                BulkOutcome::Conflict(s) => return Err(AdmissionError::state_conflict(s)),
+            };
+            let ticket = view.ok_or_else(|| {
+                AdmissionError::Protocol("a released ticket came back without its view".into())
+            })?;
+            let admitted_next = u64::from(changed && credit > 0);
+            credit -= admitted_next;
+            Ok(Released {
+                ticket,
+                changed,
+                admitted_next,
+            })
+        })
+        .collect()
 }
 
 /// The shard of an event: FNV-1a of its id modulo the shard count. Stable across versions: changing it

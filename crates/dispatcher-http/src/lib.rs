@@ -5,7 +5,6 @@
 //! The crate knows HTTP, not Redis: every state change goes through the [`AdmissionStore`] trait.
 
 mod admin;
-pub mod batch;
 mod edge;
 pub mod error;
 mod extract;
@@ -30,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use dispatcher_admission::{AdmissionStore, EventId, EventSettings, UserId};
+use dispatcher_admission::{AdmissionStore, Coalescer, EventId, EventSettings, UserId};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::RwLock;
 
@@ -125,8 +124,8 @@ pub struct App<S> {
     pub tokens: Arc<Tokens>,
     /// Live updates.
     pub hub: Arc<Hub<S>>,
-    /// Join coalescing.
-    pub joins: Arc<batch::JoinBatcher<S>>,
+    /// Per-request calls (joins, heartbeats, status reads, releases) coalesced per event.
+    pub calls: Coalescer<S>,
     /// Settings.
     pub opts: HttpOptions,
     join_ip: KeyedLimiter<IpAddr>,
@@ -163,12 +162,12 @@ impl<S: AdmissionStore> App<S> {
         metrics: Option<PrometheusHandle>,
     ) -> Arc<Self> {
         let hub = Arc::new(Hub::new(store.clone(), tokens.clone(), opts.live.clone()));
-        let joins = Arc::new(batch::JoinBatcher::new(store.clone(), opts.join_batch, 1));
+        let calls = Coalescer::new(store.clone(), opts.join_batch, 1);
         Arc::new(Self {
             store,
             tokens,
             hub,
-            joins,
+            calls,
             join_ip: KeyedLimiter::new(opts.join_rate_per_ip),
             join_user: KeyedLimiter::new(opts.join_rate_per_user),
             request_ip: KeyedLimiter::new(opts.request_rate_per_ip),

@@ -144,7 +144,7 @@ pub(crate) async fn join<S: AdmissionStore>(
     }
     let joined = tokio::time::timeout(
         app.opts.visitor_budget,
-        app.joins.join(&event, user.clone()),
+        app.calls.join(&event, user.clone()),
     )
     .await
     .unwrap_or_else(|_| {
@@ -254,7 +254,7 @@ async fn read_with_presence<S: AdmissionStore>(
     let event = event_id(event)?;
     let ticket = ticket_id(ticket)?;
     let t = app
-        .store
+        .calls
         .heartbeat(&event, &ticket)
         .await
         .map_err(|e| ApiError::store("heartbeat", e))?;
@@ -291,7 +291,7 @@ async fn release<S: AdmissionStore>(
     let event = event_id(event)?;
     let ticket = ticket_id(ticket)?;
     let r = app
-        .store
+        .calls
         .release(&event, &ticket, how)
         .await
         .map_err(|e| ApiError::store("release", e))?;

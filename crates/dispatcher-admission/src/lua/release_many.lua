@@ -1,27 +1,33 @@
--- End many tickets of one event in one step (a shop completing a batch of checkouts): ARGV[5] = "C", "L" or
--- "R" as in release.lua, ARGV[6..] ticket ids (duplicates count once). Freed slots admit the next waiting
--- tickets in the same step. Returns {"OK", changed, admitted, outcome per id...} with outcome "C" (ended now),
--- "=" (already in that state), "U" (unknown ticket) or "X<state>" (conflict).
+-- End many tickets of one event in one step (a shop completing a batch of checkouts, or concurrent
+-- per-request releases coalesced): ARGV[5] = "C", "L" or "R" as in release.lua, ARGV[6] = "1" to answer each
+-- ticket's view too, ARGV[7..] ticket ids (duplicates count once). Freed slots admit the next waiting tickets
+-- in the same step. Returns {"OK", changed, admitted, outcome per id..., [view per id]} with outcome "C"
+-- (ended now), "=" (already in that state), "U" (unknown ticket) or "X<state>" (conflict); a view is the 9
+-- fields of view() for "C" and "=", "" otherwise.
 local cfg = load_cfg()
 if not cfg then return { 'UNKNOWN_EVENT' } end
 local target = ARGV[5]
+local with_views = ARGV[6] == '1'
 local ids = {}
-for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 7, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return { 'OK', 0, 0 } end
 local recs = redis.call('HMGET', K_T, unpack(ids))
-local out, seen, changed = {}, {}, 0
+local out, seen, seen_at, changed = {}, {}, {}, 0
+local final = {} -- per id: the record after this step, for the views
 local zrem_a, zrem_w, hset, zadd_f, rv = {}, {}, {}, {}, {}
 local expired = 0
 for i = 1, #ids do
   local id, rec = ids[i], recs[i]
   if seen[id] then
     out[i] = seen[id] == 'C' and '=' or seen[id]
+    final[i] = final[seen_at[id]]
   elseif not rec then
     out[i] = 'U'
   else
     local r = parse(rec)
     if r.s == target then
       out[i] = '='
+      final[i] = r
     elseif r.s == 'A' and tonumber(r.expires) <= NOW then
       -- The session ended before this call: it expires now, as the timer would have done.
       zrem_a[#zrem_a + 1] = id
@@ -39,12 +45,28 @@ for i = 1, #ids do
       hset[#hset + 1] = id; hset[#hset + 1] = pack(r)
       zadd_f[#zadd_f + 1] = NOW_S; zadd_f[#zadd_f + 1] = id
       out[i] = 'C'
+      final[i] = r
       changed = changed + 1
     end
   end
-  seen[id] = out[i]
+  if not seen[id] then seen[id] = out[i]; seen_at[id] = i end
 end
-if #zadd_f == 0 then return { 'OK', 0, 0, unpack(out) } end
+-- Appends the views (released and already-released tickets are final: no rank to look up).
+local function answer(reply)
+  if with_views then
+    for i = 1, #ids do
+      local r = final[i]
+      if r then
+        local v = view(ids[i], r, -1)
+        for j = 1, #v do reply[#reply + 1] = v[j] end
+      else
+        reply[#reply + 1] = ''
+      end
+    end
+  end
+  return reply
+end
+if #zadd_f == 0 then return answer({ 'OK', 0, 0, unpack(out) }) end
 if #zrem_a > 0 then redis.call('ZREM', K_A, unpack(zrem_a)) end
 if #zrem_w > 0 then
   redis.call('ZREM', K_W, unpack(zrem_w))
@@ -58,4 +80,4 @@ if changed > 0 then redis.call('HINCRBY', K_CFG, 'n_' .. target, changed) end
 if expired > 0 then redis.call('HINCRBY', K_CFG, 'n_E', expired) end
 local n = promote(cfg, tonumber(ARGV[4]))
 settle_light(cfg, NOW + cfg.retention, n, true, false)
-return { 'OK', changed, n, unpack(out) }
+return answer({ 'OK', changed, n, unpack(out) })

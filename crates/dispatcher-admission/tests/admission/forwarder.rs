@@ -267,14 +267,22 @@ async fn a_step_admitting_many_is_one_entry_and_each_of_its_admissions_is_forwar
         let user = (i % 3 == 0).then(|| UserId::new(format!("step-{i}")).expect("user"));
         tickets.push(s.join(&e, user.as_ref()).await.expect("join").ticket);
     }
-    assert_eq!(xlen(&conn, &key).await, 40, "each admitting join is its own step");
+    assert_eq!(
+        xlen(&conn, &key).await,
+        40,
+        "each admitting join is its own step"
+    );
     let first: Vec<_> = tickets[..40].iter().map(|t| t.id.clone()).collect();
     let r = s
         .release_many(&e, &first, Release::Complete)
         .await
         .expect("complete");
     assert_eq!(r.admitted_next, 40);
-    assert_eq!(xlen(&conn, &key).await, 41, "forty admissions of one step: one entry");
+    assert_eq!(
+        xlen(&conn, &key).await,
+        41,
+        "forty admissions of one step: one entry"
+    );
     let step = xrange(&conn, &key).await.pop().expect("the step's entry").1;
     assert_eq!(step["n"], "40");
     // The store reads the step back as forty records in line order, sharing the entry id.
